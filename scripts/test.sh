@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the test suite. Creates .venv on first use and (re)installs the project
+# with its test extra when pyproject.toml changed. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+ensure_venv test
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
+exec "$VENV/bin/python" -m pytest "$@"
