@@ -1,0 +1,49 @@
+"""Shared fixtures: the recorded data folder, and a guarantee that no test leaves
+shared-memory segments behind (even when it fails)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_ROOT / ".numba_cache"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"recorded data not found at {SHARED_DATA} (expected ../shared/data beside the project)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def instance() -> str:
+    """A unique ring instance name; every segment of it is removed after the test."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    for seg in os.listdir(SHM_DIR):
+        if seg.startswith(f"{SEGMENT_PREFIX}{name}."):
+            os.unlink(os.path.join(SHM_DIR, seg))
+
+
+def _ours() -> set[str]:
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(SEGMENT_PREFIX + "test-")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_segments_left_behind():
+    """After the whole session: fail if a test segment survived, and remove it."""
+    before = _ours()
+    yield
+    leaked = _ours() - before
+    for name in leaked:
+        os.unlink(os.path.join(SHM_DIR, name))
+    assert not leaked, f"tests left shared-memory segments behind: {sorted(leaked)}"
