@@ -24,10 +24,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# Instances made by this pytest run share this prefix, so concurrent runs never
+# judge (or clean) each other's segments.
+INSTANCE_PREFIX = f"test-{os.getpid()}-"
+
+
+def new_instance() -> str:
+    """A unique ring instance name for this run (use it in tests that start processes)."""
+    return f"{INSTANCE_PREFIX}{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def instance() -> str:
     """A unique ring instance name; every segment of it is removed after the test."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
+    name = new_instance()
     yield name
     for seg in os.listdir(SHM_DIR):
         if seg.startswith(f"{SEGMENT_PREFIX}{name}."):
@@ -35,7 +45,7 @@ def instance() -> str:
 
 
 def _ours() -> set[str]:
-    return {n for n in os.listdir(SHM_DIR) if n.startswith(SEGMENT_PREFIX + "test-")}
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(SEGMENT_PREFIX + INSTANCE_PREFIX)}
 
 
 @pytest.fixture(autouse=True, scope="session")
