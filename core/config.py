@@ -1,0 +1,712 @@
+"""System configuration: one JSON file -> frozen, typed, per-subsystem objects.
+
+``load_config(path)`` reads ``config/system.json`` (or another file), applies
+environment overrides, validates everything and returns a ``SystemConfig``.
+Every problem raises ``core.errors.ConfigError`` naming the key path and the
+problem (``risk.max_position_size must be > 0, got -1``); the supervisor turns
+it into exit code 2 before it starts anything.
+
+Rules
+-----
+- Unknown keys are rejected at every level. Keys whose name starts with
+  ``_comment`` (``"_comment"``, ``"_comment_cpus"``...) are accepted and
+  ignored anywhere: JSON has no comments, so shipped configs explain
+  themselves this way.
+- Prices, quantities and money limits are written as decimal strings (or
+  JSON numbers) and stored as exact fixed-point ``int`` (``FIXED_SCALE``).
+- Environment overrides: ``RINGTRADER__<SECTION>__<KEY>[__<KEY>...]=<value>``,
+  path segments separated by a double underscore (keys themselves contain
+  single underscores), case-insensitive. The value is parsed as JSON when it
+  parses (``5``, ``true``, ``[0,1]``, ``"x"``), else taken as a plain string.
+  Examples: ``RINGTRADER__RISK__MAX_POSITION_SIZE=0.5``,
+  ``RINGTRADER__PROCESSES__FEED__CPUS=[1]``, ``RINGTRADER__MODE=paper``.
+  An override goes through the same validation; its error names the variable.
+- Secrets (API key and secret) are never read from the file (a key named
+  like one is rejected with a pointer to the environment variable). They are
+  read from the environment variables named in ``execution.api_key_env`` /
+  ``execution.api_secret_env`` by ``load_secrets``; ``live`` mode requires them
+  at start.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, FixedPointError
+from core.fixedpoint import to_fixed
+
+MODES = ("sim", "paper", "live")
+MD_SOURCES = ("exchange", "synthetic")
+IDLE_STRATEGIES = ("backoff", "busy_spin")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+RING_POLICIES = ("block", "overwrite")
+
+#: pipeline workers in pipeline order (shutdown order), then the optional simulator
+PIPELINE = ("feed", "book", "signal", "risk", "execution")
+WORKERS = PIPELINE + ("simulator",)
+
+#: ring name -> (dtype name in core.records, producer, consumers in consumer-index order)
+RINGS = {
+    "md": ("MD_EVENT", "feed", ("book",)),
+    "book": ("BOOK_EVENT", "book", ("signal", "risk", "execution")),
+    "signals": ("SIGNAL", "signal", ("risk",)),
+    "orders": ("ORDER_REQUEST", "risk", ("execution",)),
+    "reports": ("EXEC_REPORT", "execution", ("risk",)),
+}
+#: rings that carry orders or their consequences: never dropped, so never ``overwrite``
+ORDER_RINGS = ("signals", "orders", "reports")
+
+ENV_PREFIX = "RINGTRADER__"
+_SECRET_KEYS = ("api_key", "api_secret", "secret", "secret_key", "private_key")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_REQUIRED = object()
+
+
+# ---------------------------------------------------------------------------
+# Config objects
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instrument:
+    id: int  # instrument id carried in records: index in the ``instruments`` list
+    symbol: str  # upper-case Binance symbol, e.g. "BTCUSDT"
+    tick_size: int  # price step, fixed point; 0 = take it from exchangeInfo at start
+    lot_size: int  # quantity step, fixed point; 0 = from exchangeInfo
+    min_notional: int  # minimum price*qty, fixed point; 0 = from exchangeInfo
+    from_exchange_info: bool  # filters come from GET /api/v3/exchangeInfo, not the file
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConfig:
+    rate_per_s: int = 2000  # market events (records) per second the synthetic source emits
+    seed: int = 1  # RNG seed: the same seed gives the same event sequence
+    depth_levels: int = 20  # levels per side the generator keeps and snapshots
+    start_price: int = 100 * 10**8  # first mid price, fixed point
+    tick_size: int = 10**6  # price step used for instruments whose filters come from exchangeInfo (0.01)
+    lot_size: int = 10**3  # quantity step used likewise (0.00001)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarketDataConfig:
+    source: str = "exchange"  # "exchange" (Binance or the simulator) | "synthetic" (seeded generator)
+    ws_url: str = "ws://127.0.0.1:9010"  # market stream base URL
+    rest_url: str = "http://127.0.0.1:9010"  # REST base URL (snapshots, exchangeInfo)
+    streams: tuple[str, ...] = ("depth@100ms", "trade", "bookTicker")  # per-symbol stream suffixes
+    snapshot_limit: int = 1000  # REST depth limit for book snapshots
+    recording_dir: str | None = None  # when set, the feed records every frame here
+    recording_rotate_mb: int = 256  # start a new recording file after this many MiB (uncompressed)
+    recording_rotate_s: float = 3600.0  # ...or after this many seconds
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignalConfig:
+    strategy: str = "passthrough"  # strategy name; the signal worker validates it
+    params: dict = field(default_factory=dict)  # strategy parameters, validated by the strategy
+
+
+@dataclass(frozen=True, kw_only=True)
+class RiskConfig:
+    max_position_size: int  # absolute position limit per instrument, fixed point (base units)
+    max_order_qty: int  # largest single order quantity, fixed point
+    max_order_notional: int  # largest single order price*qty, fixed point (quote units)
+    max_open_orders: int  # open orders per instrument
+    max_orders_per_s: int  # order rate limit (all instruments)
+    max_daily_loss: int  # realised+unrealised loss that trips the breaker, fixed point (quote)
+    price_band_pct: float  # reject limit prices further than this from the reference price
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutionConfig:
+    rest_url: str = "http://127.0.0.1:9010"  # order REST base URL
+    user_stream_url: str = "ws://127.0.0.1:9010"  # user-data stream base URL
+    order_timeout_ms: int = 5000  # an order without an answer after this is queried by client id
+    recv_window_ms: int = 5000  # Binance recvWindow (max 60000)
+    api_key_env: str = "BINANCE_API_KEY"  # environment variable holding the API key
+    api_secret_env: str = "BINANCE_API_SECRET"  # environment variable holding the API secret
+    journal_dir: str = "var/journal"  # order/fill journal (relative to the project)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdleConfig:
+    strategy: str = "backoff"  # "backoff" (shared cores) | "busy_spin" (dedicated core)
+    spins: int = 100  # backoff: empty polls with PAUSE before yielding
+    yields: int = 50  # backoff: sched_yield calls before sleeping
+    min_sleep_us: int = 20  # backoff: first sleep
+    max_sleep_us: int = 1000  # backoff: longest sleep (bounds wake-up latency when idle)
+
+    def make(self):
+        """A fresh idle strategy object for a worker loop."""
+        from ringbuffers.idle import make_idle
+
+        if self.strategy == "busy_spin":
+            return make_idle("busy_spin")
+        return make_idle("backoff", spins=self.spins, yields=self.yields,
+                         min_sleep_ns=self.min_sleep_us * 1000, max_sleep_ns=self.max_sleep_us * 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    name: str  # worker name (feed, book, signal, risk, execution, simulator)
+    cpus: tuple[int, ...]  # CPUs the worker is pinned to (os.sched_setaffinity)
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    rt_priority: int | None = None  # SCHED_FIFO priority 1..99, None = normal scheduling
+    mlockall: bool = False  # lock the worker's memory (needs CAP_IPC_LOCK or a high RLIMIT_MEMLOCK)
+    module: str = ""  # module with run(config, ctx); default "processes.<name>"
+    batch: int = 256  # most records taken from an input ring per poll
+    enabled: bool = True  # only the simulator may be disabled
+
+
+@dataclass(frozen=True, kw_only=True)
+class RingConfig:
+    name: str  # md, book, signals, orders, reports
+    capacity: int  # slots, power of two
+    policy: str  # "block" | "overwrite" (overwrite only for md and book)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorConfig:
+    ready_timeout_s: float = 60.0  # every worker must say ready within this (cold numba compile included)
+    heartbeat_interval_ms: int = 200  # how often workers send a heartbeat
+    heartbeat_timeout_s: float = 5.0  # a ready worker silent this long is hung: killed and restarted
+    max_restarts: int = 5  # more restarts than this within restart_window_s -> shutdown, exit 1
+    restart_window_s: float = 60.0
+    backoff_initial_ms: int = 100  # delay before the first restart of a worker
+    backoff_max_ms: int = 5000  # delays double up to this
+    drain_timeout_s: float = 2.0  # per ring, at shutdown: wait for consumers to catch up
+    stop_timeout_s: float = 5.0  # per worker, at shutdown: then it is killed
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"  # bind address; loopback unless deliberately changed
+    port: int = 9464
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig:
+    level: str = "INFO"
+    stdout: bool = True  # JSON lines to stdout
+    file: str | None = None  # also append JSON lines to this file
+
+
+@dataclass(frozen=True, kw_only=True)
+class SystemConfig:
+    mode: str  # "sim" | "paper" | "live"
+    instance: str  # names the shared-memory segments: ringtrader.<instance>.<ring>
+    instruments: tuple[Instrument, ...]
+    market_data: MarketDataConfig
+    signal: SignalConfig
+    risk: RiskConfig
+    execution: ExecutionConfig
+    processes: dict  # name -> ProcessConfig (every entry of WORKERS)
+    rings: dict  # name -> RingConfig (every entry of RINGS)
+    supervisor: SupervisorConfig
+    metrics: MetricsConfig
+    logging: LoggingConfig
+    simulator: Any  # processes.simulator.config.SimulatorConfig when available, else the raw mapping
+    source_path: str = ""  # the file this was loaded from
+
+    def process(self, name: str) -> ProcessConfig:
+        return self.processes[name]
+
+    def symbol_ids(self) -> dict[str, int]:
+        return {i.symbol: i.id for i in self.instruments}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """API credentials from the environment. ``repr`` never shows them."""
+
+    api_key: str = field(default="", repr=False)
+    api_secret: str = field(default="", repr=False)
+
+    @property
+    def present(self) -> bool:
+        return bool(self.api_key and self.api_secret)
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------
+
+
+def _tname(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _show(v) -> str:
+    return json.dumps(v) if isinstance(v, (str, list, dict, bool)) or v is None else str(v)
+
+
+class _Section:
+    """A JSON object being validated: typed getters, then ``finish`` rejects unknown keys."""
+
+    def __init__(self, data, path: str):
+        if not isinstance(data, dict):
+            raise ConfigError(path, f"must be an object, got {_tname(data)}")
+        self.data = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def p(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default=_REQUIRED):
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(self.p(key), "is required")
+            return default
+        return self.data[key]
+
+    def int(self, key, default=_REQUIRED, *, lo=None, hi=None, nullable=False):
+        v = self.raw(key, default)
+        if v is None and nullable:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(self.p(key), f"must be an integer, got {_tname(v)} {_show(v)}")
+        _range(self.p(key), v, lo, hi)
+        return v
+
+    def num(self, key, default=_REQUIRED, *, lo=None, hi=None, gt=None):
+        v = self.raw(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(self.p(key), f"must be a number, got {_tname(v)} {_show(v)}")
+        if gt is not None and not v > gt:
+            raise ConfigError(self.p(key), f"must be > {gt}, got {_show(v)}")
+        _range(self.p(key), v, lo, hi)
+        return float(v)
+
+    def bool(self, key, default=_REQUIRED):
+        v = self.raw(key, default)
+        if not isinstance(v, bool):
+            raise ConfigError(self.p(key), f"must be true or false, got {_tname(v)} {_show(v)}")
+        return v
+
+    def str(self, key, default=_REQUIRED, *, choices=None, nullable=False, pattern=None):
+        v = self.raw(key, default)
+        if v is None and nullable:
+            return None
+        if not isinstance(v, str):
+            raise ConfigError(self.p(key), f"must be a string, got {_tname(v)} {_show(v)}")
+        if choices is not None and v not in choices:
+            raise ConfigError(self.p(key), f"must be one of {', '.join(choices)}, got {_show(v)}")
+        if pattern is not None and not pattern.match(v):
+            raise ConfigError(self.p(key), f"is not valid: {_show(v)} (expected {pattern.pattern})")
+        return v
+
+    def fixed(self, key, default=_REQUIRED, *, positive=True):
+        """A decimal (string or JSON number) as exact fixed point."""
+        v = self.raw(key, default)
+        return _fixed(self.p(key), v, positive=positive)
+
+    def section(self, key, required=False) -> "_Section":
+        v = self.raw(key, _REQUIRED if required else {})
+        return _Section(v, self.p(key))
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key in self.used or key.startswith("_comment"):
+                continue
+            if key.lower() in _SECRET_KEYS:
+                raise ConfigError(self.p(key), "must not be in a config file: secrets are read only from the "
+                                               "environment (see execution.api_key_env / api_secret_env)")
+            known = sorted(self.used)
+            raise ConfigError(self.p(key), f"is not a known key (known here: {', '.join(known)})")
+
+
+def _range(path, v, lo, hi):
+    if lo is not None and v < lo:
+        raise ConfigError(path, f"must be >= {lo}, got {_show(v)}" if lo != 1 else f"must be > 0, got {_show(v)}")
+    if hi is not None and v > hi:
+        raise ConfigError(path, f"must be <= {hi}, got {_show(v)}")
+
+
+def _fixed(path, v, *, positive=True) -> int:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ConfigError(path, f"must be a decimal string or number, got {_tname(v)} {_show(v)}")
+    text = repr(v) if isinstance(v, float) else str(v)
+    try:
+        value = to_fixed(text, allow_negative=True)
+    except FixedPointError as exc:
+        raise ConfigError(path, f"is not an exact decimal: {_show(v)} ({exc})") from exc
+    if positive and value <= 0:
+        raise ConfigError(path, f"must be > 0, got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------
+
+
+def _instruments(raw) -> tuple[Instrument, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("instruments", f"must be a non-empty array, got {_tname(raw)}")
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        s = _Section(item, f"instruments[{i}]")
+        symbol = s.str("symbol", pattern=_SYMBOL_RE)
+        if symbol in seen:
+            raise ConfigError(s.p("symbol"), f"duplicate symbol {symbol}")
+        seen.add(symbol)
+        filters = s.str("filters", "config", choices=("config", "exchangeInfo"))
+        if filters == "exchangeInfo":
+            inst = Instrument(id=i, symbol=symbol, tick_size=0, lot_size=0, min_notional=0, from_exchange_info=True)
+        else:
+            inst = Instrument(id=i, symbol=symbol, tick_size=s.fixed("tick_size"), lot_size=s.fixed("lot_size"),
+                              min_notional=s.fixed("min_notional", "0", positive=False), from_exchange_info=False)
+        s.finish()
+        out.append(inst)
+    return tuple(out)
+
+
+def _market_data(s: _Section) -> MarketDataConfig:
+    d = MarketDataConfig()
+    syn = s.section("synthetic")
+    sd = SyntheticConfig()
+    synthetic = SyntheticConfig(
+        rate_per_s=syn.int("rate_per_s", sd.rate_per_s, lo=1, hi=10_000_000),
+        seed=syn.int("seed", sd.seed, lo=0, hi=2**63 - 1),
+        depth_levels=syn.int("depth_levels", sd.depth_levels, lo=1, hi=1000),
+        start_price=syn.fixed("start_price", "100"),
+        tick_size=syn.fixed("tick_size", "0.01"),
+        lot_size=syn.fixed("lot_size", "0.00001"),
+    )
+    syn.finish()
+    streams = s.raw("streams", list(d.streams))
+    if not isinstance(streams, list) or not all(isinstance(x, str) and x for x in streams):
+        raise ConfigError(s.p("streams"), f"must be an array of stream names, got {_show(streams)}")
+    cfg = MarketDataConfig(
+        source=s.str("source", d.source, choices=MD_SOURCES),
+        ws_url=s.str("ws_url", d.ws_url),
+        rest_url=s.str("rest_url", d.rest_url),
+        streams=tuple(streams),
+        snapshot_limit=s.int("snapshot_limit", d.snapshot_limit, lo=1, hi=5000),
+        recording_dir=s.str("recording_dir", None, nullable=True),
+        recording_rotate_mb=s.int("recording_rotate_mb", d.recording_rotate_mb, lo=1, hi=1 << 20),
+        recording_rotate_s=s.num("recording_rotate_s", d.recording_rotate_s, gt=0),
+        synthetic=synthetic,
+    )
+    s.finish()
+    return cfg
+
+
+def _signal(s: _Section) -> SignalConfig:
+    params = s.raw("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(s.p("params"), f"must be an object, got {_tname(params)}")
+    cfg = SignalConfig(strategy=s.str("strategy", "passthrough"), params=copy.deepcopy(params))
+    s.finish()
+    return cfg
+
+
+def _risk(s: _Section) -> RiskConfig:
+    cfg = RiskConfig(
+        max_position_size=s.fixed("max_position_size"),
+        max_order_qty=s.fixed("max_order_qty"),
+        max_order_notional=s.fixed("max_order_notional"),
+        max_open_orders=s.int("max_open_orders", lo=1),
+        max_orders_per_s=s.int("max_orders_per_s", lo=1),
+        max_daily_loss=s.fixed("max_daily_loss"),
+        price_band_pct=s.num("price_band_pct", 5.0, gt=0, hi=100),
+    )
+    s.finish()
+    return cfg
+
+
+def _execution(s: _Section) -> ExecutionConfig:
+    d = ExecutionConfig()
+    env_re = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    cfg = ExecutionConfig(
+        rest_url=s.str("rest_url", d.rest_url),
+        user_stream_url=s.str("user_stream_url", d.user_stream_url),
+        order_timeout_ms=s.int("order_timeout_ms", d.order_timeout_ms, lo=1),
+        recv_window_ms=s.int("recv_window_ms", d.recv_window_ms, lo=1, hi=60000),
+        api_key_env=s.str("api_key_env", d.api_key_env, pattern=env_re),
+        api_secret_env=s.str("api_secret_env", d.api_secret_env, pattern=env_re),
+        journal_dir=s.str("journal_dir", d.journal_dir),
+    )
+    s.finish()
+    return cfg
+
+
+def _process(name: str, s: _Section, host_cpus) -> ProcessConfig:
+    cpus = s.raw("cpus")
+    if not isinstance(cpus, list) or not cpus:
+        raise ConfigError(s.p("cpus"), f"must be a non-empty array of CPU ids, got {_show(cpus)}")
+    for j, c in enumerate(cpus):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ConfigError(f"{s.p('cpus')}[{j}]", f"must be a CPU id (integer >= 0), got {_show(c)}")
+        if host_cpus is not None and c not in host_cpus:
+            raise ConfigError(f"{s.p('cpus')}[{j}]", f"CPU {c} is not available on this host "
+                                                     f"(allowed: {sorted(host_cpus)})")
+    if len(set(cpus)) != len(cpus):
+        raise ConfigError(s.p("cpus"), f"lists a CPU twice: {_show(cpus)}")
+    i = s.section("idle")
+    di = IdleConfig()
+    idle = IdleConfig(
+        strategy=i.str("strategy", di.strategy, choices=IDLE_STRATEGIES),
+        spins=i.int("spins", di.spins, lo=0),
+        yields=i.int("yields", di.yields, lo=0),
+        min_sleep_us=i.int("min_sleep_us", di.min_sleep_us, lo=1),
+        max_sleep_us=i.int("max_sleep_us", di.max_sleep_us, lo=1),
+    )
+    if idle.max_sleep_us < idle.min_sleep_us:
+        raise ConfigError(i.p("max_sleep_us"), f"must be >= min_sleep_us ({idle.min_sleep_us}), got {idle.max_sleep_us}")
+    i.finish()
+    enabled = s.bool("enabled", True)
+    if not enabled and name != "simulator":
+        raise ConfigError(s.p("enabled"), "only the simulator can be disabled; the pipeline needs every worker")
+    cfg = ProcessConfig(
+        name=name,
+        cpus=tuple(cpus),
+        idle=idle,
+        rt_priority=s.int("rt_priority", None, lo=1, hi=99, nullable=True),
+        mlockall=s.bool("mlockall", False),
+        module=s.str("module", f"processes.{name}", pattern=_MODULE_RE),
+        batch=s.int("batch", 256, lo=1, hi=65536),
+        enabled=enabled,
+    )
+    s.finish()
+    return cfg
+
+
+def _processes(s: _Section, mode: str, host_cpus) -> dict:
+    out = {}
+    for name in WORKERS:
+        if name == "simulator" and not s.has(name):
+            # only needed in sim mode; default placement: anywhere, low priority
+            out[name] = ProcessConfig(name=name, cpus=tuple(sorted(host_cpus or {0})), module="processes.simulator",
+                                      enabled=(mode == "sim"))
+            continue
+        out[name] = _process(name, s.section(name, required=True), host_cpus)
+    s.finish()
+    return out
+
+
+def _rings(s: _Section) -> dict:
+    out = {}
+    for name in RINGS:
+        r = s.section(name, required=True)
+        cap = r.int("capacity", lo=2, hi=1 << 24)
+        if cap & (cap - 1):
+            raise ConfigError(r.p("capacity"), f"must be a power of two, got {cap}")
+        policy = r.str("policy", "block", choices=RING_POLICIES)
+        if name in ORDER_RINGS and policy != "block":
+            raise ConfigError(r.p("policy"), f"must be block: ring {name} carries orders and never drops, got {policy!r}")
+        r.finish()
+        out[name] = RingConfig(name=name, capacity=cap, policy=policy)
+    s.finish()
+    return out
+
+
+def _supervisor(s: _Section) -> SupervisorConfig:
+    d = SupervisorConfig()
+    cfg = SupervisorConfig(
+        ready_timeout_s=s.num("ready_timeout_s", d.ready_timeout_s, gt=0),
+        heartbeat_interval_ms=s.int("heartbeat_interval_ms", d.heartbeat_interval_ms, lo=1, hi=60000),
+        heartbeat_timeout_s=s.num("heartbeat_timeout_s", d.heartbeat_timeout_s, gt=0),
+        max_restarts=s.int("max_restarts", d.max_restarts, lo=0),
+        restart_window_s=s.num("restart_window_s", d.restart_window_s, gt=0),
+        backoff_initial_ms=s.int("backoff_initial_ms", d.backoff_initial_ms, lo=0),
+        backoff_max_ms=s.int("backoff_max_ms", d.backoff_max_ms, lo=0),
+        drain_timeout_s=s.num("drain_timeout_s", d.drain_timeout_s, gt=0),
+        stop_timeout_s=s.num("stop_timeout_s", d.stop_timeout_s, gt=0),
+    )
+    if cfg.heartbeat_timeout_s * 1000 <= cfg.heartbeat_interval_ms:
+        raise ConfigError(s.p("heartbeat_timeout_s"), f"must exceed heartbeat_interval_ms "
+                                                      f"({cfg.heartbeat_interval_ms} ms), got {cfg.heartbeat_timeout_s}")
+    s.finish()
+    return cfg
+
+
+def _metrics(s: _Section) -> MetricsConfig:
+    cfg = MetricsConfig(enabled=s.bool("enabled", True), host=s.str("host", "127.0.0.1"),
+                        port=s.int("port", 9464, lo=0, hi=65535))
+    s.finish()
+    return cfg
+
+
+def _logging(s: _Section) -> LoggingConfig:
+    cfg = LoggingConfig(level=s.str("level", "INFO", choices=LOG_LEVELS), stdout=s.bool("stdout", True),
+                        file=s.str("file", None, nullable=True))
+    s.finish()
+    return cfg
+
+
+def _simulator(raw):
+    """The simulator owns its keys: hand the mapping to its loader when it exists."""
+    if not isinstance(raw, dict):
+        raise ConfigError("simulator", f"must be an object, got {_tname(raw)}")
+    try:
+        spec = importlib.util.find_spec("processes.simulator.config")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        mod = importlib.import_module("processes.simulator.config")
+        loader = getattr(getattr(mod, "SimulatorConfig", None), "from_dict", None)
+        if loader is not None:
+            return loader(raw, path="simulator")
+    return copy.deepcopy(raw)
+
+
+# ---------------------------------------------------------------------------
+# Environment overrides
+# ---------------------------------------------------------------------------
+
+
+def apply_env_overrides(data: dict, env) -> dict[str, str]:
+    """Apply ``RINGTRADER__A__B=value`` overrides to ``data`` in place.
+
+    Returns ``{key path: variable name}`` so errors can name the variable.
+    """
+    origins = {}
+    for var in sorted(env):
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        if not all(parts):
+            raise ConfigError(var, "is not a valid override name (RINGTRADER__SECTION__KEY)")
+        text = env[var]
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        node = data
+        for j, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: j + 1]), f"is not an object, cannot apply ${var}")
+            node = child
+        node[parts[-1]] = value
+        origins[".".join(parts)] = var
+    return origins
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+
+def parse_config(data, *, host_cpus=None, source_path: str = "") -> SystemConfig:
+    """Validate an already-parsed JSON document. ``host_cpus``: CPU ids allowed (None: don't check)."""
+    top = _Section(data, "")
+    mode = top.str("mode", choices=MODES)
+    cfg = SystemConfig(
+        mode=mode,
+        instance=top.str("instance", "main", pattern=_INSTANCE_RE),
+        instruments=_instruments(top.raw("instruments")),
+        market_data=_market_data(top.section("market_data")),
+        signal=_signal(top.section("signal")),
+        risk=_risk(top.section("risk", required=True)),
+        execution=_execution(top.section("execution")),
+        processes=_processes(top.section("processes", required=True), mode, host_cpus),
+        rings=_rings(top.section("rings", required=True)),
+        supervisor=_supervisor(top.section("supervisor")),
+        metrics=_metrics(top.section("metrics")),
+        logging=_logging(top.section("logging")),
+        simulator=_simulator(top.raw("simulator", {})),
+        source_path=source_path,
+    )
+    top.finish()
+    return cfg
+
+
+def load_config(path, *, env=None, host_cpus="auto") -> SystemConfig:
+    """Load, override from the environment, and validate a config file.
+
+    ``env`` defaults to ``os.environ``. ``host_cpus="auto"`` checks CPU ids
+    against ``os.sched_getaffinity(0)``; pass ``None`` to skip (e.g. to lint a
+    config meant for another host). Raises ``ConfigError``.
+    """
+    env = os.environ if env is None else env
+    if host_cpus == "auto":
+        host_cpus = set(os.sched_getaffinity(0))
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError("", f"config file not found: {p}") from exc
+    except OSError as exc:
+        raise ConfigError("", f"config file {p} cannot be read: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("", f"config file {p} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                              f"column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("", f"config file {p} must hold a JSON object, got {_tname(data)}")
+    origins = apply_env_overrides(data, env)
+    try:
+        cfg = parse_config(data, host_cpus=host_cpus, source_path=str(p.resolve()))
+    except ConfigError as exc:
+        var = _origin_of(exc.path, origins)
+        if var:
+            raise ConfigError(f"{exc.path} (from ${var})", exc.problem) from exc
+        raise
+    if cfg.mode == "live":
+        secrets = load_secrets(cfg, env)
+        if not secrets.present:
+            raise ConfigError("execution.api_key_env", f"mode live needs ${cfg.execution.api_key_env} and "
+                                                       f"${cfg.execution.api_secret_env} set in the environment")
+    return cfg
+
+
+def _origin_of(path: str, origins: dict) -> str | None:
+    base = re.sub(r"\[\d+\]", "", path)
+    while base:
+        if base in origins:
+            return origins[base]
+        base = base.rpartition(".")[0]
+    return None
+
+
+def load_secrets(cfg: SystemConfig, env=None) -> Secrets:
+    """API credentials from the environment variables the config names (empty when unset)."""
+    env = os.environ if env is None else env
+    return Secrets(api_key=env.get(cfg.execution.api_key_env, ""),
+                   api_secret=env.get(cfg.execution.api_secret_env, ""))
+
+
+def _main(argv=None) -> int:
+    """``python -m core.config PATH``: validate a config file (exit 0 ok, 2 invalid)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=_main.__doc__)
+    ap.add_argument("path")
+    ap.add_argument("--any-host", action="store_true", help="do not check CPU ids against this host")
+    args = ap.parse_args(argv)
+    try:
+        load_config(args.path, host_cpus=None if args.any_host else "auto")
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {exc}\n")
+        return 2
+    sys.stdout.write(f"{args.path}: ok\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

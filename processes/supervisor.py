@@ -1,0 +1,626 @@
+"""Supervisor: creates the rings, spawns and pins the workers, watches them, shuts down in order.
+
+``python -m processes.supervisor --config PATH [--duration S] [--summary-json PATH] [--log-file PATH]``
+
+Lifecycle
+---------
+1. Load the config (``ConfigError`` -> message naming the key, exit 2).
+2. Remove segments of this instance left by a killed run (owner pid gone),
+   refuse to start if a live run of the same instance holds them, create the
+   five rings (``core.config.RINGS``).
+3. Spawn the workers with the ``spawn`` start method (the simulator first in
+   ``sim`` mode, when ``processes/simulator`` exists and is enabled), pin each
+   to its CPUs, apply SCHED_FIFO where configured (mlockall happens inside
+   the worker), and wait for every ready event (``supervisor.ready_timeout_s``;
+   on timeout: an error naming the workers, orderly exit, code 1).
+4. Watch: exit codes and heartbeats. A worker that exits, raises or stops
+   heartbeating is restarted after a backoff that doubles per recent
+   restart; more than ``max_restarts`` within ``restart_window_s`` -> orderly
+   shutdown, exit 1.
+5. SIGINT/SIGTERM (or ``--duration`` elapsed) -> orderly shutdown in
+   pipeline order: feed stops first, ``md`` drains, book stops, ``book``
+   drains, signal stops, ``signals``/``orders``/``reports`` drain, then risk,
+   execution, simulator; exit 0; every segment unlinked. A second signal
+   kills what is left at once (exit 1).
+6. Prints a summary (records through each ring, drops/laps/stalls, restarts,
+   per-hop and end-to-end latency percentiles from the records' trace
+   fields); ``--summary-json`` writes it as JSON too.
+
+Log stream: one JSON object per line (``ts`` ISO UTC, ``mono_ns``, ``proc``,
+``level``, ``msg``, extras) from the supervisor and every worker, to stdout
+and optionally a file.
+
+Exit codes: 0 clean, 1 start-up failure / too many restarts / forced, 2 config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import PIPELINE, RINGS, SystemConfig, load_config
+from core.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+_TICK_S = 0.01  # supervisor loop period: events, exit codes, heartbeats
+
+log = logging.getLogger("ringtrader.supervisor")
+
+
+# ---------------------------------------------------------------------------
+# Log stream
+# ---------------------------------------------------------------------------
+
+
+class LogSink:
+    """Writes JSON lines (supervisor's and workers' events) to stdout and/or a file."""
+
+    def __init__(self, stdout: bool = True, path: str | None = None):
+        self.stdout = stdout
+        self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives as long as the run
+
+    def write(self, event: dict) -> None:
+        line = json.dumps(event, default=str, separators=(",", ":"))
+        if self.stdout:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        if self.file is not None:
+            self.file.write(line + "\n")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class SinkHandler(logging.Handler):
+    """The supervisor's own log records, as ``proc = "supervisor"`` lines."""
+
+    def __init__(self, sink: LogSink):
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from processes.runtime import _STD_LOG_ATTRS, iso_now
+
+        ev = {"ts": iso_now(record.created), "mono_ns": time.monotonic_ns(), "proc": "supervisor",
+              "level": record.levelname, "msg": record.getMessage()}
+        for k, v in vars(record).items():
+            if k not in _STD_LOG_ATTRS and not k.startswith("_"):
+                ev[k] = v
+        if record.exc_info:
+            import traceback
+
+            ev["exc"] = "".join(traceback.format_exception(*record.exc_info))
+        self.sink.write(ev)
+
+
+# ---------------------------------------------------------------------------
+# Worker bookkeeping
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: object = None  # multiprocessing Process of the current incarnation
+    cmd_q: object = None
+    evt_q: object = None
+    incarnation: int = 0
+    state: str = "new"  # new | starting | running | backoff | stopping | stopped
+    started_at: float = 0.0  # monotonic s of the current spawn
+    ready_at: float = 0.0
+    last_hb: float = 0.0
+    next_start: float = 0.0
+    down_since: float = 0.0  # when the crash/hang was detected (for recovery time)
+    restarts: list = field(default_factory=list)  # monotonic s of each restart
+    recovery_ms: list = field(default_factory=list)  # crash detected -> replacement ready
+    exits: list = field(default_factory=list)  # exit codes of finished incarnations
+    stats: dict = field(default_factory=dict)  # current incarnation's counters
+    stats_done: dict = field(default_factory=dict)  # summed counters of finished incarnations
+    lat_wire: dict = field(default_factory=dict)  # current incarnation's latency (cumulative)
+    lat_done: object = None  # LatencySet merged over finished incarnations
+    start_info: dict = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.exitcode is None
+
+
+class Supervisor:
+    def __init__(self, cfg: SystemConfig, sink: LogSink):
+        from core.latency import LatencySet
+
+        self.cfg = cfg
+        self.sink = sink
+        self.ctx = mp.get_context("spawn")
+        self.rings = {}
+        names = [n for n in PIPELINE]
+        if self._simulator_wanted():
+            names.append("simulator")
+        self.workers = {n: Worker(n, lat_done=LatencySet()) for n in names}
+        self.stop_signals = 0
+        self.exit_code = EXIT_OK
+        self.t_start = time.monotonic()
+        self.cold_start_ms = None
+        self.started = False  # every worker was ready and got the go
+        self.flow_s = None  # seconds from the go to the start of shutdown
+        self._warned = set()
+
+    # -- setup ------------------------------------------------------------------
+
+    def _simulator_wanted(self) -> bool:
+        p = self.cfg.processes["simulator"]
+        if self.cfg.mode != "sim" or not p.enabled:
+            return False
+        try:
+            spec = importlib.util.find_spec(p.module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            log.warning("mode sim: simulator module %s not found; running without it", p.module)
+            return False
+        return True
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signals += 1
+        if self.stop_signals >= 2:
+            # second signal: stop waiting for anyone
+            raise KeyboardInterrupt
+
+    def create_rings(self) -> None:
+        from core import records
+        from ringbuffers.ring import Ring, list_segments, remove_stale, segment_name
+
+        inst = self.cfg.instance
+        removed = remove_stale(inst)
+        if removed:
+            log.warning("removed %d stale segments of a killed run", len(removed), extra={"segments": removed})
+        live = list_segments(inst)
+        if live:
+            raise RuntimeError(f"instance {inst!r} is already running (live segments: {', '.join(live)}); "
+                               f"stop it or set a different \"instance\"")
+        for ring, (dtype_name, _producer, consumers) in RINGS.items():
+            rc = self.cfg.rings[ring]
+            self.rings[ring] = Ring.create(segment_name(inst, ring), records.ALL_DTYPES[dtype_name], rc.capacity,
+                                           len(consumers), rc.policy)
+        log.info("created rings", extra={"rings": {r: f"{self.cfg.rings[r].capacity}/{self.cfg.rings[r].policy}"
+                                                   for r in RINGS}})
+
+    def unlink_rings(self) -> None:
+        for ring in self.rings.values():
+            ring.unlink()
+
+    # -- spawning -----------------------------------------------------------------
+
+    def spawn(self, w: Worker) -> None:
+        from processes.runtime import worker_main
+        from ringbuffers.control import ControlQueue
+
+        pcfg = self.cfg.processes[w.name]
+        w.incarnation += 1
+        w.cmd_q = ControlQueue(max_size_bytes=1 << 16)
+        w.evt_q = ControlQueue(max_size_bytes=4 << 20)  # room for log bursts and latency reports
+        w.proc = self.ctx.Process(target=worker_main, name=f"ringtrader-{w.name}",
+                                  args=(w.name, self.cfg, w.cmd_q, w.evt_q, w.incarnation))
+        w.proc.start()
+        w.state = "starting"
+        w.started_at = time.monotonic()
+        w.stats = {}
+        w.lat_wire = {}
+        try:
+            os.sched_setaffinity(w.proc.pid, pcfg.cpus)
+        except OSError as exc:
+            self._warn_once(f"affinity-{w.name}", f"could not pin {w.name} to CPUs {list(pcfg.cpus)}: {exc}")
+        if pcfg.rt_priority is not None:
+            try:
+                os.sched_setscheduler(w.proc.pid, os.SCHED_FIFO, os.sched_param(pcfg.rt_priority))
+            except OSError as exc:
+                self._warn_once("rt", f"SCHED_FIFO priority not applied ({exc}); workers run with normal "
+                                      "scheduling. Grant CAP_SYS_NICE (or run as root) to use rt_priority.")
+        log.info("spawned %s", w.name, extra={"worker": w.name, "pid": w.proc.pid, "incarnation": w.incarnation,
+                                                "cpus": list(pcfg.cpus)})
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
+
+    # -- events -------------------------------------------------------------------
+
+    def pump(self, w: Worker) -> None:
+        if w.evt_q is None:
+            return
+        while True:
+            msgs = w.evt_q.get_many(timeout=0, max_messages=500)
+            if not msgs:
+                return
+            for m in msgs:
+                self.handle(w, m)
+
+    def handle(self, w: Worker, m: dict) -> None:
+        kind = m.get("type")
+        now = time.monotonic()
+        if kind == "log":
+            ev = {"ts": m.pop("ts", None), "mono_ns": m.pop("mono_ns", None), "proc": w.name,
+                  "level": m.pop("level", "INFO"), "msg": m.pop("msg", "")}
+            m.pop("type", None)
+            ev.update(m)
+            self.sink.write(ev)
+        elif kind == "ready":
+            w.state = "running"
+            w.ready_at = now
+            w.last_hb = now
+            w.start_info = {k: v for k, v in m.items() if k not in ("type", "mono_ns")}
+            extra = {"worker": w.name, "pid": m.get("pid"), "incarnation": w.incarnation,
+                     "ready_ms": round((now - w.started_at) * 1000, 1)}
+            if w.down_since:
+                rec = round((now - w.down_since) * 1000, 1)
+                w.recovery_ms.append(rec)
+                extra["recovery_ms"] = rec
+                w.down_since = 0.0
+            log.info("%s ready", w.name, extra=extra)
+            if self.started or w.name == "simulator":
+                # a replacement joins the running pipeline at once; the exchange serves before the feed starts
+                w.cmd_q.put({"type": "start"})
+            mlock = str(m.get("mlock", ""))
+            if mlock.startswith("failed"):
+                self._warn_once("mlock", f"mlockall not applied ({mlock.split(':', 1)[1].strip()}); worker memory "
+                                         "may be paged out. Raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK.")
+        elif kind in ("heartbeat", "final"):
+            w.last_hb = now
+            w.stats = dict(m.get("stats") or {})
+            if "latency" in m:
+                w.lat_wire = m["latency"]
+        else:
+            ev = {"ts": None, "mono_ns": m.pop("mono_ns", None), "proc": w.name, "level": "INFO",
+                  "msg": f"event {kind}"}
+            ev.update(m)
+            from processes.runtime import iso_now
+
+            ev["ts"] = iso_now()
+            self.sink.write(ev)
+
+    def _retire(self, w: Worker) -> None:
+        """Fold a finished incarnation's counters and histograms into the totals."""
+        from core.latency import LatencySet
+
+        self.pump(w)
+        w.lat_done.merge(LatencySet.from_wire(w.lat_wire))
+        for k, v in w.stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                w.stats_done[k] = w.stats_done.get(k, 0) + v
+        w.stats, w.lat_wire = {}, {}
+        if w.proc is not None:
+            w.exits.append(w.proc.exitcode)
+            w.proc.join(timeout=0.1)
+        for q in (w.cmd_q, w.evt_q):
+            if q is not None:
+                q.close()
+        w.cmd_q = w.evt_q = None
+
+    # -- watching -------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """One watch pass. Returns False when the run must end (too many restarts)."""
+        sv = self.cfg.supervisor
+        now = time.monotonic()
+        for w in self.workers.values():
+            self.pump(w)
+            if w.state in ("starting", "running"):
+                code = w.proc.exitcode
+                if code is not None:
+                    self.pump(w)
+                    why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
+                    if not self._crashed(w, why, now):
+                        return False
+                elif w.state == "running" and now - w.last_hb > sv.heartbeat_timeout_s:
+                    log.error("%s hung: no heartbeat for %.1f s; killing it", w.name, now - w.last_hb,
+                              extra={"worker": w.name})
+                    w.proc.kill()
+                    w.proc.join(timeout=2)
+                    if not self._crashed(w, "hung", now):
+                        return False
+                elif w.state == "starting" and w.incarnation > 1 and now - w.started_at > sv.ready_timeout_s:
+                    log.error("restarted %s not ready within %.1f s; killing it", w.name, sv.ready_timeout_s)
+                    w.proc.kill()
+                    w.proc.join(timeout=2)
+                    if not self._crashed(w, "never ready", now):
+                        return False
+            elif w.state == "backoff" and now >= w.next_start:
+                self.spawn(w)
+        return True
+
+    def _crashed(self, w: Worker, why: str, now: float) -> bool:
+        sv = self.cfg.supervisor
+        self._retire(w)
+        if not w.down_since:
+            w.down_since = now
+        recent = [t for t in w.restarts if now - t <= sv.restart_window_s] + [now]
+        if len(recent) > sv.max_restarts:
+            log.error("%s %s; another restart (%d within %.0f s) exceeds max_restarts=%d: shutting down", w.name,
+                      why, len(recent), sv.restart_window_s, sv.max_restarts, extra={"worker": w.name})
+            w.state = "stopped"
+            self.exit_code = EXIT_FAIL
+            return False
+        w.restarts.append(now)
+        delay_ms = min(sv.backoff_initial_ms * (2 ** (len(recent) - 1)), sv.backoff_max_ms)
+        w.state = "backoff"
+        w.next_start = now + delay_ms / 1000.0
+        log.warning("%s %s; restarting in %d ms", w.name, why, delay_ms,
+                    extra={"worker": w.name, "restart": len(w.restarts), "delay_ms": delay_ms})
+        return True
+
+    def wait_ready(self, names, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pending = []
+            for n in names:
+                w = self.workers[n]
+                self.pump(w)
+                if w.state == "running":
+                    continue
+                if w.proc.exitcode is not None:
+                    self.pump(w)
+                    log.error("%s exited with code %s before it was ready", n, w.proc.exitcode,
+                              extra={"worker": n})
+                    return False
+                pending.append(n)
+            if not pending:
+                return True
+            if time.monotonic() > deadline:
+                log.error("worker(s) not ready within %.1f s: %s", timeout_s, ", ".join(pending),
+                          extra={"not_ready": pending})
+                return False
+            if self.stop_signals:
+                return False
+            time.sleep(_TICK_S)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def drain(self, ring_names, timeout_s: float) -> None:
+        """Wait until every live consumer of these rings has read everything published.
+
+        A consumer that is not running (crashed, or failed to start) is not
+        waited for: nobody would read for it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lagging = {}
+            for r in ring_names:
+                st = self.rings[r].stats()
+                for i, name in enumerate(RINGS[r][2]):
+                    w = self.workers[name]
+                    lag = st.published - st.consumed[i]
+                    if lag > 0 and w.alive and w.state in ("running", "stopping"):
+                        lagging[f"{r}/{name}"] = lag
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                log.warning("rings not drained within %.1f s", timeout_s, extra={"lag": lagging})
+                return
+            for w in self.workers.values():
+                self.pump(w)
+            time.sleep(_TICK_S / 5)
+
+    def stop_worker(self, w: Worker) -> None:
+        sv = self.cfg.supervisor
+        if not w.alive:
+            if w.proc is not None and w.state != "stopped":
+                self._retire(w)
+            w.state = "stopped"
+            return
+        if w.state != "running":
+            # never became ready (start-up failure, or restarting): nothing to hand over, no drain
+            w.proc.kill()
+            w.proc.join(timeout=2)
+            self._retire(w)
+            w.state = "stopped"
+            log.info("%s killed before it was ready", w.name, extra={"worker": w.name})
+            return
+        w.state = "stopping"
+        w.cmd_q.put({"type": "shutdown"})
+        deadline = time.monotonic() + sv.stop_timeout_s
+        while w.proc.exitcode is None and time.monotonic() < deadline:
+            self.pump(w)
+            time.sleep(_TICK_S / 5)
+        if w.proc.exitcode is None:
+            log.error("%s did not stop within %.1f s; killing it", w.name, sv.stop_timeout_s)
+            w.proc.kill()
+            w.proc.join(timeout=2)
+        self._retire(w)
+        w.state = "stopped"
+        log.info("%s stopped", w.name, extra={"worker": w.name, "exitcode": w.exits[-1]})
+
+    def shutdown(self) -> None:
+        """Orderly: stop producers before their consumers, draining the rings in between."""
+        dt = self.cfg.supervisor.drain_timeout_s
+        log.info("shutting down in pipeline order")
+        self.stop_worker(self.workers["feed"])
+        self.drain(["md"], dt)
+        self.stop_worker(self.workers["book"])
+        self.drain(["book"], dt)
+        self.stop_worker(self.workers["signal"])
+        self.drain(["signals", "orders", "reports"], dt)
+        self.stop_worker(self.workers["risk"])
+        self.drain(["orders"], dt)
+        self.stop_worker(self.workers["execution"])
+        if "simulator" in self.workers:
+            self.stop_worker(self.workers["simulator"])
+
+    def kill_all(self) -> None:
+        for w in self.workers.values():
+            if w.alive:
+                w.proc.kill()
+        for w in self.workers.values():
+            if w.proc is not None:
+                w.proc.join(timeout=2)
+                if w.state != "stopped":
+                    self._retire(w)
+                    w.state = "stopped"
+
+    # -- summary ----------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        from core.latency import LatencySet
+
+        rings = {}
+        for name, ring in self.rings.items():
+            st = ring.stats()
+            consumers = RINGS[name][2]
+            rings[name] = {
+                "capacity": st.capacity, "policy": st.policy, "published": st.published,
+                "consumed": {c: st.consumed[i] for i, c in enumerate(consumers)},
+                "drops": sum(st.lost), "laps": sum(st.lapped), "stalls": st.stalls,
+            }
+        merged = LatencySet()
+        workers = {}
+        for w in self.workers.values():
+            lat = LatencySet().merge(w.lat_done).merge(LatencySet.from_wire(w.lat_wire))
+            merged.merge(lat)
+            totals = dict(w.stats_done)
+            for k, v in w.stats.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    totals[k] = totals.get(k, 0) + v
+            workers[w.name] = {"restarts": len(w.restarts), "recovery_ms": w.recovery_ms,
+                               "exit_codes": w.exits, "counters": totals}
+        latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
+                   for hop, s in merged.summary().items()}
+        return {"instance": self.cfg.instance, "mode": self.cfg.mode, "exit_code": self.exit_code,
+                "cold_start_ms": self.cold_start_ms, "flow_s": self.flow_s,
+                "run_s": round(time.monotonic() - self.t_start, 3),
+                "rings": rings, "workers": workers, "latency": latency}
+
+    # -- main -----------------------------------------------------------------------------
+
+    def run(self, duration_s: float | None = None) -> int:
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_ROOT / ".numba_cache"))
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        forced = False
+        try:
+            try:
+                self.create_rings()
+            except Exception as exc:  # noqa: BLE001 - reported, then a clean non-zero exit
+                log.error("cannot create rings: %s", exc)
+                self.exit_code = EXIT_FAIL
+                return self.exit_code
+            timeout = self.cfg.supervisor.ready_timeout_s
+            order = (["simulator"] if "simulator" in self.workers else []) + list(reversed(PIPELINE))
+            ok = True
+            if "simulator" in self.workers:
+                self.spawn(self.workers["simulator"])
+                ok = self.wait_ready(["simulator"], timeout)
+            if ok:
+                for n in order[1:] if "simulator" in self.workers else order:
+                    self.spawn(self.workers[n])
+                ok = self.wait_ready(order, timeout)
+            if not ok:
+                self.exit_code = EXIT_FAIL if not self.stop_signals else EXIT_OK
+                if self.exit_code:
+                    log.error("start-up failed; shutting down")
+            else:
+                self.started = True
+                for w in self.workers.values():
+                    w.cmd_q.put({"type": "start"})
+                self.cold_start_ms = round((time.monotonic() - self.t_start) * 1000, 1)
+                log.info("all workers ready", extra={"cold_start_ms": self.cold_start_ms})
+                t_ready = time.monotonic()
+                while not self.stop_signals:
+                    if duration_s is not None and time.monotonic() - t_ready >= duration_s:
+                        log.info("duration of %.1f s elapsed", duration_s)
+                        break
+                    if not self.check():
+                        break
+                    time.sleep(_TICK_S)
+                self.flow_s = round(time.monotonic() - t_ready, 3)
+                if self.stop_signals:
+                    log.info("stop requested by signal")
+            self.shutdown()
+        except KeyboardInterrupt:
+            forced = True
+            log.error("second stop signal: killing every worker now")
+            self.exit_code = EXIT_FAIL
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.kill_all()
+            self.final = self.summary()
+            self.unlink_rings()
+            for r in self.rings.values():
+                r.close()
+            if forced:
+                self.final["forced"] = True
+        return self.exit_code
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"== ringtrader summary: instance {s['instance']} mode {s['mode']} exit {s['exit_code']} "
+             f"run {s['run_s']} s cold start {s['cold_start_ms']} ms =="]
+    lines.append(f"{'ring':<9}{'published':>11}  {'consumed (per consumer)':<44}{'drops':>7}{'laps':>6}{'stalls':>8}")
+    for name, r in s["rings"].items():
+        cons = " ".join(f"{c}={n}" for c, n in r["consumed"].items())
+        lines.append(f"{name:<9}{r['published']:>11}  {cons:<44}{r['drops']:>7}{r['laps']:>6}{r['stalls']:>8}")
+    lines.append("workers: " + ", ".join(f"{n} restarts={w['restarts']}" +
+                                         (f" recovery_ms={w['recovery_ms']}" if w["recovery_ms"] else "")
+                                         for n, w in s["workers"].items()))
+    lines.append(f"{'latency (us)':<18}{'count':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}")
+    for hop, h in s["latency"].items():
+        lines.append(f"{hop:<18}{h['count']:>10}{h['p50_us']:>10.1f}{h['p90_us']:>10.1f}{h['p99_us']:>10.1f}"
+                     f"{h['p999_us']:>10.1f}{h['max_us']:>11.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m processes.supervisor", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(PROJECT_ROOT / "config" / "system.json"))
+    ap.add_argument("--duration", type=float, default=None, help="run this many seconds, then shut down in order")
+    ap.add_argument("--summary-json", default=None, help="also write the exit summary as JSON here")
+    ap.add_argument("--log-file", default=None, help="also append the JSON log stream here (overrides logging.file)")
+    ap.add_argument("--quiet-summary", action="store_true", help="do not print the text summary")
+    args = ap.parse_args(argv)
+
+    sink = LogSink(stdout=True, path=args.log_file)
+    root = logging.getLogger()
+    root.handlers[:] = [SinkHandler(sink)]
+    root.setLevel(logging.INFO)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        log.error("config error: %s", exc, extra={"config": args.config, "key": exc.path})
+        sys.stderr.write(f"config error: {exc}\n")
+        return EXIT_CONFIG
+    root.setLevel(cfg.logging.level)
+    if not cfg.logging.stdout or (cfg.logging.file and not args.log_file):
+        sink.close()
+        sink = LogSink(stdout=cfg.logging.stdout, path=args.log_file or cfg.logging.file)
+        root.handlers[:] = [SinkHandler(sink)]
+    log.info("starting", extra={"config": cfg.source_path, "instance": cfg.instance, "mode": cfg.mode,
+                                "pid": os.getpid()})
+    sup = Supervisor(cfg, sink)
+    code = sup.run(args.duration)
+    summary = sup.final
+    log.info("summary", extra={"summary": summary})
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    if not args.quiet_summary:
+        sys.stdout.write(format_summary(summary) + "\n")
+        sys.stdout.flush()
+    sink.close()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

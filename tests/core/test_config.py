@@ -1,0 +1,136 @@
+"""Config loading: typed objects from the shipped files; every kind of bad config -> exit 2 naming the key."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import load_config, load_secrets, parse_config
+from core.errors import ConfigError
+from core.records import FIXED_SCALE
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM = ROOT / "config" / "system.json"
+DEDICATED = ROOT / "config" / "dedicated-host.json"
+
+
+def base() -> dict:
+    return json.loads(SYSTEM.read_text())
+
+
+def test_system_json_loads_into_typed_frozen_objects():
+    cfg = load_config(SYSTEM, env={})
+    assert cfg.mode == "sim"
+    assert cfg.instruments[0].symbol == "BTCUSDT" and cfg.instruments[0].id == 0
+    assert cfg.instruments[0].tick_size == FIXED_SCALE // 100  # "0.01" exactly
+    assert cfg.risk.max_position_size == FIXED_SCALE // 100  # "0.01"
+    assert cfg.rings["orders"].policy == "block" and cfg.rings["md"].capacity == 65536
+    assert set(cfg.processes["feed"].cpus) <= set(os.sched_getaffinity(0))
+    assert cfg.processes["feed"].idle.strategy == "backoff"
+    assert cfg.metrics.host == "127.0.0.1"
+    with pytest.raises(AttributeError):
+        cfg.mode = "live"  # frozen
+
+
+def test_dedicated_host_json_is_valid_apart_from_this_hosts_cpus():
+    cfg = load_config(DEDICATED, env={}, host_cpus=None)
+    hot = ("feed", "book", "signal", "risk", "execution")
+    assert all(cfg.processes[n].idle.strategy == "busy_spin" for n in hot)
+    cores = [cfg.processes[n].cpus for n in hot]
+    assert all(len(c) == 1 for c in cores) and len({c[0] for c in cores}) == len(hot)  # one core each
+
+
+def test_env_override_changes_a_key_and_its_error_names_the_variable():
+    cfg = load_config(SYSTEM, env={"RINGTRADER__RISK__MAX_POSITION_SIZE": "0.5", "RINGTRADER__MODE": "paper",
+                                   "RINGTRADER__PROCESSES__FEED__CPUS": "[0]"})
+    assert cfg.risk.max_position_size == FIXED_SCALE // 2
+    assert cfg.mode == "paper" and cfg.processes["feed"].cpus == (0,)
+    with pytest.raises(ConfigError) as err:
+        load_config(SYSTEM, env={"RINGTRADER__RISK__MAX_POSITION_SIZE": "-1"})
+    assert str(err.value) == "risk.max_position_size (from $RINGTRADER__RISK__MAX_POSITION_SIZE) must be > 0, got -1"
+
+
+def test_secrets_come_only_from_the_environment():
+    data = base()
+    data["execution"]["api_key"] = "abc"
+    with pytest.raises(ConfigError, match=r"execution\.api_key must not be in a config file"):
+        parse_config(data)
+    cfg = load_config(SYSTEM, env={"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
+    secrets = load_secrets(cfg, {"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s"})
+    assert secrets.present and "k" not in repr(secrets) and "s'" not in repr(secrets)
+    with pytest.raises(ConfigError, match="BINANCE_API_KEY"):
+        load_config(SYSTEM, env={"RINGTRADER__MODE": "live"})  # live without keys refuses to start
+
+
+def test_comment_keys_are_ignored_but_other_unknown_keys_are_not():
+    data = base()
+    data["risk"]["_comment_limits"] = "why these limits"
+    parse_config(data)
+    data["risk"]["_note"] = "x"
+    with pytest.raises(ConfigError, match=r"^risk\._note is not a known key"):
+        parse_config(data)
+
+
+def _set(path: str, value):
+    def edit(d):
+        node = d
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        node[last] = value
+        return d
+    return edit
+
+
+# (case, edit of system.json or raw file text, text the message must contain)
+BAD = [
+    ("unknown key", _set("risk.max_positon_size", "1"), "risk.max_positon_size is not a known key"),
+    ("wrong type", _set("rings.md.capacity", "big"), "rings.md.capacity must be an integer, got string"),
+    ("negative limit", _set("risk.max_position_size", -1), "risk.max_position_size must be > 0, got -1"),
+    ("unknown mode", _set("mode", "yolo"), "mode must be one of sim, paper, live, got \"yolo\""),
+    ("bad cpu id", _set("processes.book.cpus", [0, 4096]), "processes.book.cpus[1] CPU 4096 is not available"),
+    ("overwrite order ring", _set("rings.orders.policy", "overwrite"), "rings.orders.policy must be block"),
+    ("capacity not power of two", _set("rings.book.capacity", 1000), "rings.book.capacity must be a power of two"),
+    ("recording rotation", _set("market_data.recording_rotate_mb", 0), "market_data.recording_rotate_mb must be > 0"),
+    ("missing file", None, "config file not found"),
+    ("invalid json", "{\"mode\": \"sim\",, }", "is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("case,edit,expect", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_rejected_naming_the_key(tmp_path, case, edit, expect):
+    path = tmp_path / "bad.json"
+    if callable(edit):
+        path.write_text(json.dumps(edit(copy.deepcopy(base()))))
+    elif isinstance(edit, str):
+        path.write_text(edit)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert expect in str(err.value)
+
+
+def test_supervisor_exits_2_with_the_message_for_every_bad_config(tmp_path):
+    """The real entry point, all cases at once (in parallel: each is a fresh interpreter)."""
+    procs = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGTRADER__")}
+    for i, (case, edit, expect) in enumerate(BAD):
+        path = tmp_path / f"bad{i}.json"
+        if callable(edit):
+            path.write_text(json.dumps(edit(copy.deepcopy(base()))))
+        elif isinstance(edit, str):
+            path.write_text(edit)
+        p = subprocess.Popen([sys.executable, "-m", "processes.supervisor", "--config", str(path)], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append((case, expect, p))
+    for case, expect, p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 2, f"{case}: exit {p.returncode}\n{out}\n{err}"
+        assert expect in err, f"{case}: {err!r}"
+        line = json.loads(out.splitlines()[-1])
+        assert line["level"] == "ERROR" and expect in line["msg"] and line["proc"] == "supervisor"
