@@ -20,7 +20,9 @@
     latency profiling without sockets).
 
 Publishing (both sources): ``pub_ns`` is stamped just before the records
-become visible; the ``feed`` hop (pub_ns - recv_ns) is recorded per record.
+become visible. The ``feed`` hop (pub_ns - recv_ns) gets one sample per
+exchange message (a frame or a snapshot body: its records share both
+stamps) from the exchange source, one per record from the synthetic one.
 With the ``block`` policy a full ring makes the feed wait with its idle
 strategy (counted in ``md_full``): nothing is dropped, the socket simply is
 not read meanwhile. With ``overwrite`` it never waits (a lapped book resyncs).
@@ -99,10 +101,8 @@ class RingPublisher:
             chunk["pub_ns"] = now
             k = ring.publish_batch(chunk)
             if k:
-                data = chunk[:k]
-                lat = now - data["recv_ns"][data["kind"] != MD_STATUS]  # status records have no frame behind them
-                if len(lat):
-                    self.hop.record_many(lat)
+                if done == 0 and recs["kind"][0] != MD_STATUS:  # status records have no frame behind them
+                    self.hop.record(now - int(recs["recv_ns"][0]))  # one sample per message, as for frames
                 done += k
             elif not self._wait_full():
                 self.dropped_at_stop += total - done
@@ -302,3 +302,17 @@ def run(config, ctx) -> None:
         run_synthetic(config, ctx)
     else:
         run_exchange(config, ctx)
+
+
+def warm(config) -> None:
+    """Load this worker's numba kernels from the disk cache without touching the pipeline's rings.
+
+    Called by the supervisor's spare process (``processes.runtime.warm_all``)
+    so a feed restarted from the spare is ready at once: the decoder kernels
+    (exchange source, on a private scratch ring) or the generator kernel
+    (synthetic source).
+    """
+    if config.market_data.source == "synthetic":
+        make_source(config).generate(np.zeros(16, MD_EVENT), 16)
+    else:
+        _warm(config, Decoder([i.symbol for i in config.instruments]))

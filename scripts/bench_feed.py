@@ -35,6 +35,7 @@ Figures are reported, never asserted. Part (b) is a registered section
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -256,6 +257,224 @@ def print_decode(res: dict) -> None:
 
 
 # ---------------------------------------------------------------------------
+# part (b): end-to-end feed throughput and frame-received -> published latency
+# ---------------------------------------------------------------------------
+# The simulator runs in its own process (spawned, so it does not share this
+# process's loop or GIL) at --sim-rate events/s; the client under test runs
+# here for --seconds on uvloop:
+#   ringtrader  processes.feed_client.FeedClient (picows) + processes.feed.RingPublisher
+#               into a real md ring (overwrite policy: never waits, no consumer needed);
+#               latency = pub_ns (stamped in the decode+publish kernel) - recv_ns (picows callback)
+#   baseline    aiohttp ws client + orjson.loads + float() of every price/qty into numpy
+#               (the plain path); latency = after conversion - message received
+# Both get a fresh simulator with the same seed and rate. "kept up" = the simulator did
+# not drop the client as too slow and the client received what the simulator sent.
+B_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+B_STREAMS = ("depth@100ms", "trade", "bookTicker")
+
+
+def _sim_process(rate: float, seed: int, port_q) -> None:
+    import asyncio as _asyncio
+
+    from processes.simulator import SimulatorConfig, resolve_symbols
+    from processes.simulator.server import serve
+
+    cfg = SimulatorConfig.from_dict({"port": 0, "rate": rate, "seed": seed, "depth_levels": 200,
+                                     "max_client_queue": 1000})
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = _asyncio.run
+    runner(serve(cfg, resolve_symbols(list(B_SYMBOLS), cfg), ready_cb=lambda sim: port_q.put(sim.port)))
+
+
+class _SimProc:
+    def __init__(self, rate: float, seed: int = 11):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        self.p = ctx.Process(target=_sim_process, args=(rate, seed, q), daemon=True)
+        self.p.start()
+        self.port = q.get(timeout=120)
+
+    def stats(self) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.port}/sim/stats", timeout=60).json()  # a saturated simulator answers late
+
+    def close(self) -> None:
+        self.p.terminate()
+        self.p.join(10)
+
+
+class _NullCtx:
+    """What RingPublisher needs from a worker context (no supervisor in a bench)."""
+
+    def __init__(self):
+        from ringbuffers.idle import make_idle
+
+        self.idle = make_idle("busy_spin")
+        self.stats: dict = {}
+
+    def heartbeat(self, **kw) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def _percentiles(h) -> dict:
+    """Bucket upper edges of core.latency's log histogram (a few % resolution), max exact."""
+    sm = h.summary()
+    return {"count": sm["count"], "p50_us": sm["p50_us"], "p90_us": sm["p90_us"], "p99_us": sm["p99_us"],
+            "p99.9_us": sm["p999_us"], "max_us": sm["max_us"]}
+
+
+async def _run_ringtrader(port: int, seconds: float, ring) -> dict:
+    from core.latency import LatencyHistogram
+    from processes.feed import RingPublisher
+    from processes.feed_client import FeedClient, FeedSettings
+
+    hop = LatencyHistogram()
+    pub = RingPublisher(ring, _NullCtx(), hop)
+    s = FeedSettings(ws_url=f"ws://127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{port}", symbols=B_SYMBOLS,
+                     streams=B_STREAMS, snapshot_wait_first_diff_s=0.2)
+    client = FeedClient(s, pub.records, frame_sink=pub)
+    stop = asyncio.Event()
+    task = asyncio.create_task(client.run(stop))
+    deadline = time.monotonic() + 15  # a saturated simulator answers REST late: measure anyway after this
+    while client.stats.snapshots < len(B_SYMBOLS) and time.monotonic() < deadline:  # the steady stream only
+        await asyncio.sleep(0.01)
+    hop = pub.hop = LatencyHistogram()  # count only the steady stream
+    f0, r0, b0, t0 = client.stats.frames, client.stats.records, client.stats.bytes, time.monotonic()
+    await asyncio.sleep(seconds)
+    f1, r1, b1, t1 = client.stats.frames, client.stats.records, client.stats.bytes, time.monotonic()
+    stop.set()
+    await task
+    el = t1 - t0
+    return {"frames": f1 - f0, "records": r1 - r0, "frames_per_s": round((f1 - f0) / el), "records_per_s":
+            round((r1 - r0) / el), "mb_per_s": round((b1 - b0) / el / 1e6, 2), "latency": _percentiles(hop),
+            "decode_errors": dict(client.stats.decode_errors), "reconnects": client.stats.reconnects,
+            "total_frames": client.stats.frames}
+
+
+async def _run_baseline(port: int, seconds: float) -> dict:
+    import aiohttp
+
+    from core.latency import LatencyHistogram
+
+    hop = LatencyHistogram()
+    arr = np.zeros((4096, 2), np.float64)
+    url = f"ws://127.0.0.1:{port}/stream?streams=" + "/".join(f"{x.lower()}@{st}" for x in B_SYMBOLS for st in B_STREAMS)
+    frames = records = nbytes = 0
+    total = 0
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, max_msg_size=0, autoping=True) as ws:
+            t0 = None
+            end = None
+            while True:
+                msg = await ws.receive()
+                recv = time.monotonic_ns()
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                total += 1
+                d = orjson.loads(msg.data)["data"]
+                k = 0
+                if "b" in d and isinstance(d["b"], list):
+                    for px, q in d["b"]:
+                        arr[k, 0] = float(px); arr[k, 1] = float(q); k += 1  # noqa: E702
+                    for px, q in d["a"]:
+                        arr[k, 0] = float(px); arr[k, 1] = -float(q); k += 1  # noqa: E702
+                elif "p" in d:
+                    arr[0, 0] = float(d["p"]); arr[0, 1] = float(d["q"]); k = 1  # noqa: E702
+                else:
+                    arr[0, 0] = float(d["b"]); arr[0, 1] = float(d["B"])  # noqa: E702
+                    arr[1, 0] = float(d["a"]); arr[1, 1] = float(d["A"]); k = 2  # noqa: E702
+                now = time.monotonic_ns()
+                if t0 is None:
+                    if total >= 200:  # skip the start, as for ringtrader
+                        t0 = time.monotonic()
+                        end = t0 + seconds
+                    continue
+                hop.record(now - recv)
+                frames += 1
+                records += max(k, 1)
+                nbytes += len(msg.data)
+                if time.monotonic() >= end:
+                    break
+            el = time.monotonic() - t0
+    return {"frames": frames, "records": records, "frames_per_s": round(frames / el), "records_per_s":
+            round(records / el), "mb_per_s": round(nbytes / el / 1e6, 2), "latency": _percentiles(hop),
+            "total_frames": total}
+
+
+def bench_end_to_end(args) -> dict:
+    from ringbuffers.ring import Ring, segment_name as _seg
+
+    rows = []
+    for label in ("ringtrader", "baseline"):
+        sim = _SimProc(args.sim_rate)
+        try:
+            if label == "ringtrader":
+                name = _seg(f"bench-feed-e2e-{os.getpid()}", "md")
+                ring = Ring.create(name, MD_EVENT, capacity=1 << 16, consumers=1, policy="overwrite")
+                try:
+                    try:
+                        import uvloop
+
+                        row = uvloop.run(_run_ringtrader(sim.port, args.seconds, ring))
+                    except ImportError:
+                        row = asyncio.run(_run_ringtrader(sim.port, args.seconds, ring))
+                finally:
+                    ring.close()
+                    ring.unlink()
+            else:
+                try:
+                    import uvloop
+
+                    row = uvloop.run(_run_baseline(sim.port, args.seconds))
+                except ImportError:
+                    row = asyncio.run(_run_baseline(sim.port, args.seconds))
+            st = sim.stats()
+        finally:
+            sim.close()
+        row["name"] = label
+        row["sim_events_per_s_configured"] = args.sim_rate
+        row["sim_events_generated"] = st.get("events_generated")
+        row["sim_frames_sent"] = st.get("frames_sent")
+        row["sim_slow_drops"] = st.get("slow_drops")
+        row["sim_lag_resets"] = st.get("lag_resets")
+        # the simulator drops a client whose send queue backs up (max_client_queue): a client that kept up was never dropped
+        row["kept_up"] = st.get("slow_drops", 0) == 0 and row.get("reconnects", 0) == 0 and row["frames"] > 0
+        rows.append(row)
+    ours, base = rows
+    return {"seconds": args.seconds, "rows": rows,
+            "latency_p50_base_over_ours": round(base["latency"]["p50_us"] / max(ours["latency"]["p50_us"], 1e-3), 2),
+            "latency_p99_base_over_ours": round(base["latency"]["p99_us"] / max(ours["latency"]["p99_us"], 1e-3), 2)}
+
+
+def print_end_to_end(res: dict) -> None:
+    print(f"\n(b) end to end: simulator process -> loopback WebSocket -> client here, {res['seconds']} s each "
+          "(latency = frame received -> records published, us)")
+    hdr = f"{'client':<12}{'frames/s':>10}{'records/s':>11}{'MB/s':>7}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>9}" \
+          f"{'max':>9}{'kept up':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in res["rows"]:
+        lat = r["latency"]
+        print(f"{r['name']:<12}{r['frames_per_s']:>10}{r['records_per_s']:>11}{r['mb_per_s']:>7.2f}{lat['p50_us']:>8.2f}"
+              f"{lat['p90_us']:>8.2f}{lat['p99_us']:>8.2f}{lat['p99.9_us']:>9.2f}{lat['max_us']:>9.1f}"
+              f"{'yes' if r['kept_up'] else 'NO':>9}")
+    r0 = res["rows"][0]
+    print(f"simulator configured at {r0['sim_events_per_s_configured']:g} events/s; baseline/ours latency: "
+          f"p50 {res['latency_p50_base_over_ours']}x, p99 {res['latency_p99_base_over_ours']}x. "
+          "ringtrader = FeedClient (picows, numba decode+publish into an md ring); baseline = aiohttp + orjson + float().")
+
+
+# ---------------------------------------------------------------------------
 # sections: part (a) here; PART (b) -- end-to-end feed throughput with the
 # simulator -- is added by appending a Section (run(args) -> dict, show(dict))
 # ---------------------------------------------------------------------------
@@ -268,8 +487,7 @@ class Section:
 
 SECTIONS: list[Section] = [
     Section("decode", bench_decode, print_decode),
-    # PART (b): Section("end_to_end", bench_end_to_end, print_end_to_end) -- feed throughput against the
-    # simulator (frames/s and records/s from socket to md ring), to be added by the lead.
+    Section("end_to_end", bench_end_to_end, print_end_to_end),  # part (b)
 ]
 
 
@@ -280,9 +498,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="2000 x 3 loops (smoke run)")
     ap.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument("--seconds", type=float, default=5.0, help="(b) measured seconds per client")
+    ap.add_argument("--sim-rate", type=float, default=50_000, help="(b) simulator events/s; above what one core "
+                    "generates it runs flat out (sim_events_generated / seconds is the rate it reached)")
     args = ap.parse_args(argv)
     if args.quick:
         args.iterations, args.repeat = 2000, 3
+        args.seconds = min(args.seconds, 2.0)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     result = {"machine": machine_info(), "iterations": args.iterations, "repeat": args.repeat}
