@@ -111,6 +111,18 @@ class MarketDataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BookSettings:
+    """The ``book`` section: the book worker's books and bars (``core.book_worker_kernels.BookConfig``)."""
+
+    levels_capacity: int = 8192  # price levels kept per side per symbol (a 5000-level REST snapshot must fit)
+    buffer_capacity: int = 65536  # md records buffered per symbol while it waits for a snapshot
+    bar_intervals_ms: tuple[int, ...] = (1_000, 60_000)  # time bar lengths, whole seconds (default 1s and 1m)
+    bar_watermark_ms: int = 500  # a bar closes by timer this long after its end (estimated exchange time)
+    emit_empty_bars: bool = True  # publish flat zero-volume bars for intervals without trades
+    depth_throttle_ms: float = 100.0  # min gap between BK_DEPTH snapshots per symbol; 0 = every diff, < 0 = never
+
+
+@dataclass(frozen=True, kw_only=True)
 class SignalConfig:
     strategy: str = "passthrough"  # strategy name; the signal worker validates it
     params: dict = field(default_factory=dict)  # strategy parameters, validated by the strategy
@@ -186,13 +198,14 @@ class SupervisorConfig:
     backoff_max_ms: int = 5000  # delays double up to this
     drain_timeout_s: float = 2.0  # per ring, at shutdown: wait for consumers to catch up
     stop_timeout_s: float = 5.0  # per worker, at shutdown: then it is killed
+    spare_worker: bool = True  # keep one pre-warmed spare process: a crashed worker is replaced in well under 1 s
 
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
-    enabled: bool = True
+    enabled: bool = True  # serve the Prometheus endpoint from the supervisor
     host: str = "127.0.0.1"  # bind address; loopback unless deliberately changed
-    port: int = 9464
+    port: int = 9464  # TCP port; 0 = any free port (the chosen one is logged). In use -> warning, no metrics
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +221,7 @@ class SystemConfig:
     instance: str  # names the shared-memory segments: ringtrader.<instance>.<ring>
     instruments: tuple[Instrument, ...]
     market_data: MarketDataConfig
+    book: BookSettings = field(default_factory=BookSettings)  # the book worker's section (optional in files)
     signal: SignalConfig
     risk: RiskConfig
     execution: ExecutionConfig
@@ -411,6 +425,30 @@ def _market_data(s: _Section) -> MarketDataConfig:
     return cfg
 
 
+def _book(s: _Section) -> BookSettings:
+    d = BookSettings()
+    ivs = s.raw("bar_intervals_ms", list(d.bar_intervals_ms))
+    if not isinstance(ivs, list) or not ivs:
+        raise ConfigError(s.p("bar_intervals_ms"), f"must be a non-empty array of milliseconds, got {_show(ivs)}")
+    for j, iv in enumerate(ivs):
+        # whole seconds: bars align to the epoch like Binance klines, and the kernels close them on that grid
+        if isinstance(iv, bool) or not isinstance(iv, int) or iv < 1000 or iv % 1000:
+            raise ConfigError(f"{s.p('bar_intervals_ms')}[{j}]", f"must be a whole number of seconds in ms "
+                                                               f"(>= 1000, multiple of 1000), got {_show(iv)}")
+    if len(set(ivs)) != len(ivs):
+        raise ConfigError(s.p("bar_intervals_ms"), f"lists an interval twice: {_show(ivs)}")
+    cfg = BookSettings(
+        levels_capacity=s.int("levels_capacity", d.levels_capacity, lo=5000, hi=1 << 20),
+        buffer_capacity=s.int("buffer_capacity", d.buffer_capacity, lo=1024, hi=1 << 22),
+        bar_intervals_ms=tuple(ivs),
+        bar_watermark_ms=s.int("bar_watermark_ms", d.bar_watermark_ms, lo=0, hi=60_000),
+        emit_empty_bars=s.bool("emit_empty_bars", d.emit_empty_bars),
+        depth_throttle_ms=s.num("depth_throttle_ms", d.depth_throttle_ms, hi=3_600_000),
+    )
+    s.finish()
+    return cfg
+
+
 def _signal(s: _Section) -> SignalConfig:
     params = s.raw("params", {})
     if not isinstance(params, dict):
@@ -532,6 +570,7 @@ def _supervisor(s: _Section) -> SupervisorConfig:
         backoff_max_ms=s.int("backoff_max_ms", d.backoff_max_ms, lo=0),
         drain_timeout_s=s.num("drain_timeout_s", d.drain_timeout_s, gt=0),
         stop_timeout_s=s.num("stop_timeout_s", d.stop_timeout_s, gt=0),
+        spare_worker=s.bool("spare_worker", d.spare_worker),
     )
     if cfg.heartbeat_timeout_s * 1000 <= cfg.heartbeat_interval_ms:
         raise ConfigError(s.p("heartbeat_timeout_s"), f"must exceed heartbeat_interval_ms "
@@ -619,6 +658,7 @@ def parse_config(data, *, host_cpus=None, source_path: str = "") -> SystemConfig
         instance=top.str("instance", "main", pattern=_INSTANCE_RE),
         instruments=_instruments(top.raw("instruments")),
         market_data=_market_data(top.section("market_data")),
+        book=_book(top.section("book")),
         signal=_signal(top.section("signal")),
         risk=_risk(top.section("risk", required=True)),
         execution=_execution(top.section("execution")),

@@ -23,6 +23,17 @@ with the ``spawn`` start method. It:
    ``run`` raised, logs the traceback as an error event and exits 1 (the
    supervisor restarts it).
 
+The spare (``spare_main``): the supervisor keeps one process that has
+already done the expensive part of steps 1-6 for *every* pipeline worker
+(interpreter start, imports, ``warm_all``: the shared kernels for every ring
+dtype and each worker module's optional ``warm(config)``), then waits on its
+control queue. On ``{"type": "assign", "worker": name, "incarnation": n}`` it
+becomes that worker (``_serve``: pin, attach, ready, run), so a crashed
+worker's replacement is ready in milliseconds instead of seconds. A worker
+module's ``warm(config)`` loads its numba kernels from the disk cache on
+private scratch data and must not touch the pipeline's rings; a module
+without one has nothing to load.
+
 Latency convention (hop names used by every worker and the summary):
 ``feed`` = md.pub_ns - md.recv_ns; ``md->book`` = book.pub_ns - md.pub_ns;
 ``book->signal``, ``signal->risk``, ``risk->execution`` likewise (output
@@ -39,6 +50,7 @@ import datetime as _dt
 import gc
 import importlib
 import logging
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -358,12 +370,22 @@ def worker_main(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: Con
     t0 = time.monotonic_ns()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ctx = WorkerContext(name, config, cmd_q, evt_q, incarnation)
-    signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop())
-    handler = EventLogHandler(evt_q)
+    _log_to(evt_q, config)
+    sys.exit(_serve(name, config, cmd_q, evt_q, incarnation, t0))
+
+
+def _log_to(evt_q: ControlQueue, config: SystemConfig) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [EventLogHandler(evt_q)]
     root.setLevel(config.logging.level)
+
+
+def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue, incarnation: int,
+           t0: int, start_info: dict | None = None) -> int:
+    """Steps 3-7 of the module docstring for worker ``name``; returns the exit code."""
+    ctx = WorkerContext(name, config, cmd_q, evt_q, incarnation)
+    ctx.start_info.update(start_info or {})
+    signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop())
     code = EXIT_CRASH
     try:
         pcfg = ctx.process
@@ -393,4 +415,93 @@ def worker_main(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: Con
         for r in list(ctx.inputs.values()) + list(ctx.outputs.values()):
             r.close()
         logging.shutdown()
-    sys.exit(code)
+    return code
+
+
+# ---------------------------------------------------------------------------
+# The spare: a process warmed for every worker, waiting to become one
+# ---------------------------------------------------------------------------
+
+_SPARE_POLL_S = 0.05  # the spare's wait loop period: assignment latency is the queue wake-up, not this
+
+
+def warm_all(config: SystemConfig) -> tuple[list[str], dict[str, str]]:
+    """Import every pipeline worker module and warm its kernels, touching no ring.
+
+    Calls the optional module-level ``warm(config)`` of each worker module (a
+    module without one is fine: it has nothing to load) and the shared ring /
+    latency kernels for every ring dtype. Returns ``(servable, problems)``:
+    the workers this process can become, and ``{worker: reason}`` for those
+    whose module failed to import or warm (the supervisor spawns those afresh,
+    where the same problem is reported as that worker's crash).
+    """
+    from core.config import PIPELINE
+
+    warm_kernels({records.ALL_DTYPES[spec[0]] for spec in RINGS.values()})
+    servable, problems = [], {}
+    for name in PIPELINE:
+        mod_name = config.processes[name].module
+        try:
+            module = importlib.import_module(mod_name)
+            warm = getattr(module, "warm", None)
+            if callable(warm):
+                warm(config)
+        except Exception as exc:  # noqa: BLE001 - reported to the supervisor, the spare serves the others
+            problems[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        servable.append(name)
+    return servable, problems
+
+
+def spare_main(config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue, spare_id: int = 0):
+    """Entry point of the supervisor's spare process.
+
+    Warms every worker (``warm_all``), freezes the warmed heap out of the
+    GC's sight, says ``{"type": "spare_ready", "workers": [...]}`` and blocks on
+    ``cmd_q`` until one of:
+
+    - ``{"type": "assign", "worker": name, "incarnation": n}``: becomes that
+      worker (pins itself, attaches the rings, says ready...: ``_serve``);
+    - ``{"type": "shutdown"}`` or SIGTERM: exits 0;
+    - the supervisor dies (``PR_SET_PDEATHSIG`` sends SIGTERM; the parent-pid
+      check covers a kernel without prctl): exits 0.
+    """
+    t0 = time.monotonic_ns()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)  # holds nothing to hand over: leave at once, even mid-warm-up
+    _log_to(evt_q, config)
+    log = logging.getLogger("ringtrader.spare")
+    parent = mp.parent_process()  # the supervisor's pid as spawn recorded it: catches a death before the prctl
+    ppid = parent.pid if parent is not None else os.getppid()
+    try:
+        servable, problems = warm_all(config)
+    except Exception:  # noqa: BLE001 - a spare that cannot warm is useless; the supervisor spawns instead
+        log.exception("spare %d: warm-up failed", spare_id)
+        logging.shutdown()
+        sys.exit(EXIT_CRASH)
+    warm_ms = round((time.monotonic_ns() - t0) / 1e6, 1)
+    for name, why in problems.items():
+        log.warning("spare %d cannot serve %s: %s", spare_id, name, why, extra={"worker": name})
+    gc.collect()
+    gc.freeze()  # the imported modules and compiled kernels are never garbage: keep them out of every collection
+    evt_q.put({"type": "spare_ready", "pid": os.getpid(), "spare": spare_id, "workers": servable,
+               "warm_ms": warm_ms, "mono_ns": time.monotonic_ns()})
+    while os.getppid() == ppid:
+        for m in cmd_q.get_many(timeout=_SPARE_POLL_S):
+            kind = m.get("type")
+            if kind == "assign":
+                t_assign = time.monotonic_ns()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # _serve installs the worker's own handler
+                info = {"spare": spare_id, "spare_warm_ms": warm_ms}
+                sys.exit(_serve(m["worker"], config, cmd_q, evt_q, int(m["incarnation"]), t_assign, info))
+            if kind == "shutdown":
+                logging.shutdown()
+                sys.exit(EXIT_OK)
+            log.warning("spare %d: unexpected command %r ignored", spare_id, kind)
+    logging.shutdown()  # the supervisor is gone: nobody can assign us
+    sys.exit(EXIT_OK)
+
+
+def _exit_now(*_):
+    raise SystemExit(EXIT_OK)

@@ -13,16 +13,27 @@ Lifecycle
    to its CPUs, apply SCHED_FIFO where configured (mlockall happens inside
    the worker), and wait for every ready event (``supervisor.ready_timeout_s``;
    on timeout: an error naming the workers, orderly exit, code 1).
-4. Watch: exit codes and heartbeats. A worker that exits, raises or stops
-   heartbeating is restarted after a backoff that doubles per recent
-   restart; more than ``max_restarts`` within ``restart_window_s`` -> orderly
-   shutdown, exit 1.
+4. Watch: exit codes (the loop wakes on a worker's exit) and heartbeats. A
+   worker that exits, raises or stops heartbeating is restarted after a
+   backoff that doubles per recent restart; more than ``max_restarts`` within
+   ``restart_window_s`` -> orderly shutdown, exit 1. The replacement is the
+   *spare* when one is ready (``supervisor.spare_worker``): a process started
+   after the workers were ready, already warmed for every worker
+   (``processes.runtime.spare_main``), that only has to pin itself, attach the
+   rings and say ready; otherwise a fresh spawn. The next spare starts once no
+   worker is (re)starting, so its warm-up never competes with a replacement.
+   Metrics (``metrics.enabled``): ``processes.metrics`` serves Prometheus text
+   from the ring headers and a view of the workers rebuilt twice a second; a
+   port in use is one warning, and the run goes on without metrics.
 5. SIGINT/SIGTERM (or ``--duration`` elapsed) -> orderly shutdown in
    pipeline order: feed stops first, ``md`` drains, book stops, ``book``
    drains, signal stops, ``signals``/``orders``/``reports`` drain, then risk,
    execution, simulator; exit 0; every segment unlinked. A second signal
    kills what is left at once (exit 1).
-6. Prints a summary (records through each ring, drops/laps/stalls, restarts,
+6. Prints a summary (records through each ring, drops/laps/stalls, restarts
+   with ``recovery_ms`` = crash detected -> replacement ready and
+   ``crash_to_ready_ms`` = exit seen (or last heartbeat of a hung worker) ->
+   ready, spares started/used,
    per-hop and end-to-end latency percentiles from the records' trace
    fields); ``--summary-json`` writes it as JSON too.
 
@@ -40,6 +51,7 @@ import importlib.util
 import json
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import signal
 import sys
@@ -55,6 +67,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
 _TICK_S = 0.01  # supervisor loop period: events, exit codes, heartbeats
+_VIEW_PERIOD_S = 0.5  # how often the metrics view of the workers (and merged latency) is rebuilt
 
 log = logging.getLogger("ringtrader.supervisor")
 
@@ -125,8 +138,11 @@ class Worker:
     last_hb: float = 0.0
     next_start: float = 0.0
     down_since: float = 0.0  # when the crash/hang was detected (for recovery time)
+    crash_at: float = 0.0  # when it went down: exit seen (sentinel wake-up) or, for a hang, its last heartbeat
     restarts: list = field(default_factory=list)  # monotonic s of each restart
-    recovery_ms: list = field(default_factory=list)  # crash detected -> replacement ready
+    recovery_ms: list = field(default_factory=list)  # crash detected -> replacement ready (backoff included)
+    crash_to_ready_ms: list = field(default_factory=list)  # crash -> replacement ready
+    via_spare: int = 0  # restarts served by the pre-warmed spare process
     exits: list = field(default_factory=list)  # exit codes of finished incarnations
     stats: dict = field(default_factory=dict)  # current incarnation's counters
     stats_done: dict = field(default_factory=dict)  # summed counters of finished incarnations
@@ -137,6 +153,19 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.exitcode is None
+
+
+@dataclass
+class Spare:
+    """The pre-started process that becomes a crashed worker's replacement (``runtime.spare_main``)."""
+
+    seq: int
+    proc: object
+    cmd_q: object
+    evt_q: object
+    started_at: float
+    ready_at: float = 0.0  # 0 while it is still importing and warming
+    serves: tuple = ()  # workers it warmed and can become
 
 
 class Supervisor:
@@ -158,6 +187,15 @@ class Supervisor:
         self.started = False  # every worker was ready and got the go
         self.flow_s = None  # seconds from the go to the start of shutdown
         self._warned = set()
+        self.spare: Spare | None = None
+        self.spare_stats = {"enabled": cfg.supervisor.spare_worker, "started": 0, "ready": 0, "used": 0,
+                            "failed": 0, "warm_ms": [], "pids": []}
+        self._spare_failures = 0  # consecutive spares that died before becoming ready
+        self._spare_off = not cfg.supervisor.spare_worker
+        self.metrics = None  # processes.metrics.MetricsServer while serving
+        self.metrics_port = None  # the port it bound (config port 0 = any free one)
+        self.metrics_view: dict = {}  # what the metrics collector reads: replaced whole, never mutated
+        self._next_view = 0.0
 
     # -- setup ------------------------------------------------------------------
 
@@ -220,6 +258,13 @@ class Supervisor:
         w.started_at = time.monotonic()
         w.stats = {}
         w.lat_wire = {}
+        self._place(w)
+        log.info("spawned %s", w.name, extra={"worker": w.name, "pid": w.proc.pid, "incarnation": w.incarnation,
+                                                "cpus": list(pcfg.cpus)})
+
+    def _place(self, w: Worker) -> None:
+        """Pin the worker's process to its CPUs and apply its real-time priority (spawned or assigned)."""
+        pcfg = self.cfg.processes[w.name]
         try:
             os.sched_setaffinity(w.proc.pid, pcfg.cpus)
         except OSError as exc:
@@ -230,8 +275,126 @@ class Supervisor:
             except OSError as exc:
                 self._warn_once("rt", f"SCHED_FIFO priority not applied ({exc}); workers run with normal "
                                       "scheduling. Grant CAP_SYS_NICE (or run as root) to use rt_priority.")
-        log.info("spawned %s", w.name, extra={"worker": w.name, "pid": w.proc.pid, "incarnation": w.incarnation,
-                                                "cpus": list(pcfg.cpus)})
+
+    def restart(self, w: Worker) -> None:
+        """Replace a crashed worker: by the warmed spare when one is ready for it, else a fresh spawn."""
+        sp = self.spare
+        if sp is not None and sp.ready_at and w.name in sp.serves and sp.proc.exitcode is None:
+            self._assign(w, sp)
+            return
+        if not self._spare_off and w.name != "simulator":
+            why = "none started" if sp is None else ("still warming" if not sp.ready_at else
+                                                     f"it cannot serve {w.name}" if w.name not in sp.serves
+                                                     else "it exited")
+            log.info("no spare ready for %s (%s): spawning a fresh process", w.name, why, extra={"worker": w.name})
+        self.spawn(w)
+
+    # -- the spare ------------------------------------------------------------------
+
+    def start_spare(self) -> None:
+        from processes.runtime import spare_main
+        from ringbuffers.control import ControlQueue
+
+        seq = self.spare_stats["started"] + 1
+        cmd_q = ControlQueue(max_size_bytes=1 << 16)
+        evt_q = ControlQueue(max_size_bytes=4 << 20)  # becomes the worker's event queue once assigned
+        # Not pinned here: it inherits the supervisor's CPUs, so its warm-up stays off cores dedicated to
+        # workers; it is pinned to a worker's CPUs when it becomes that worker.
+        proc = self.ctx.Process(target=spare_main, name="ringtrader-spare", args=(self.cfg, cmd_q, evt_q, seq))
+        proc.start()
+        self.spare = Spare(seq, proc, cmd_q, evt_q, time.monotonic())
+        self.spare_stats["started"] = seq
+        self.spare_stats["pids"].append(proc.pid)
+        log.info("spare %d started", seq, extra={"spare": seq, "pid": proc.pid})
+
+    def _pump_spare(self, sp: Spare) -> None:
+        while True:
+            msgs = sp.evt_q.get_many(timeout=0, max_messages=500)
+            if not msgs:
+                return
+            for m in msgs:
+                kind = m.get("type")
+                if kind == "spare_ready":
+                    sp.ready_at = time.monotonic()
+                    sp.serves = tuple(m.get("workers") or ())
+                    self._spare_failures = 0
+                    self.spare_stats["ready"] += 1
+                    self.spare_stats["warm_ms"].append(m.get("warm_ms"))
+                    log.info("spare %d ready", sp.seq, extra={"spare": sp.seq, "pid": m.get("pid"),
+                                                              "warm_ms": m.get("warm_ms"), "serves": list(sp.serves)})
+                elif kind == "log":
+                    ev = {"ts": m.pop("ts", None), "mono_ns": m.pop("mono_ns", None), "proc": "spare",
+                          "level": m.pop("level", "INFO"), "msg": m.pop("msg", "")}
+                    m.pop("type", None)
+                    ev.update(m)
+                    self.sink.write(ev)
+
+    def _drop_spare(self, sp: Spare) -> None:
+        sp.proc.join(timeout=0.1)
+        for q in (sp.cmd_q, sp.evt_q):
+            q.close()
+        self.spare = None
+
+    def _tend_spare(self) -> None:
+        """Keep one spare: watch the current one, or start the next once no worker is (re)starting.
+
+        A new spare waits for replacements to be ready: its warm-up would
+        otherwise compete with them for the CPUs.
+        """
+        if self._spare_off:
+            return
+        sp = self.spare
+        if sp is not None:
+            self._pump_spare(sp)
+            code = sp.proc.exitcode
+            if code is not None:
+                self._pump_spare(sp)
+                self.spare_stats["failed"] += 1
+                self._spare_failures += 1
+                log.warning("spare %d exited with code %s before it was used", sp.seq, code,
+                            extra={"spare": sp.seq, "exitcode": code})
+                self._drop_spare(sp)
+                if self._spare_failures >= 3:
+                    self._spare_off = True
+                    log.warning("spare disabled after 3 consecutive failures: restarts spawn fresh processes")
+            return
+        if self.started and not any(w.state in ("starting", "backoff") for w in self.workers.values()):
+            self.start_spare()
+
+    def _assign(self, w: Worker, sp: Spare) -> None:
+        self._pump_spare(sp)  # its own events (warm-up logs) before the worker's
+        w.incarnation += 1
+        w.proc, w.cmd_q, w.evt_q = sp.proc, sp.cmd_q, sp.evt_q
+        w.cmd_q.put({"type": "assign", "worker": w.name, "incarnation": w.incarnation})
+        w.state = "starting"
+        w.started_at = time.monotonic()
+        w.stats = {}
+        w.lat_wire = {}
+        w.via_spare += 1
+        self.spare = None
+        self.spare_stats["used"] += 1
+        self._place(w)
+        log.info("assigned spare %d to %s", sp.seq, w.name,
+                 extra={"worker": w.name, "pid": w.proc.pid, "incarnation": w.incarnation, "spare": sp.seq,
+                        "cpus": list(self.cfg.processes[w.name].cpus)})
+
+    def stop_spare(self) -> None:
+        sp = self.spare
+        if sp is None:
+            return
+        if sp.proc.exitcode is None:
+            if sp.ready_at:
+                sp.cmd_q.put({"type": "shutdown"})
+            else:
+                sp.proc.terminate()  # still warming, not reading its queue yet: SIGTERM ends it at once
+            sp.proc.join(timeout=2)
+            if sp.proc.exitcode is None:
+                log.warning("spare %d did not stop within 2 s; killing it", sp.seq)
+                sp.proc.kill()
+                sp.proc.join(timeout=2)
+        self._pump_spare(sp)
+        log.info("spare %d stopped", sp.seq, extra={"spare": sp.seq, "exitcode": sp.proc.exitcode})
+        self._drop_spare(sp)
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -265,12 +428,16 @@ class Supervisor:
             w.last_hb = now
             w.start_info = {k: v for k, v in m.items() if k not in ("type", "mono_ns")}
             extra = {"worker": w.name, "pid": m.get("pid"), "incarnation": w.incarnation,
-                     "ready_ms": round((now - w.started_at) * 1000, 1)}
+                     "ready_ms": round((now - w.started_at) * 1000, 1),
+                     "via": "spare" if "spare" in m else "spawn"}
             if w.down_since:
                 rec = round((now - w.down_since) * 1000, 1)
+                c2r = round((now - w.crash_at) * 1000, 1)
                 w.recovery_ms.append(rec)
+                w.crash_to_ready_ms.append(c2r)
                 extra["recovery_ms"] = rec
-                w.down_since = 0.0
+                extra["crash_to_ready_ms"] = c2r
+                w.down_since = w.crash_at = 0.0
             log.info("%s ready", w.name, extra=extra)
             if self.started or w.name == "simulator":
                 # a replacement joins the running pipeline at once; the exchange serves before the feed starts
@@ -285,6 +452,11 @@ class Supervisor:
             if "latency" in m:
                 w.lat_wire = m["latency"]
         else:
+            if kind == "resync":
+                # the book asks the feed for a fresh snapshot of one symbol (then logged like any event)
+                feed = self.workers.get("feed")
+                m["forwarded"] = bool(feed is not None and feed.cmd_q is not None and feed.cmd_q.put_nowait(
+                    {"type": "resync", "symbol": m.get("symbol")}))
             ev = {"ts": None, "mono_ns": m.pop("mono_ns", None), "proc": w.name, "level": "INFO",
                   "msg": f"event {kind}"}
             ev.update(m)
@@ -324,30 +496,33 @@ class Supervisor:
                 if code is not None:
                     self.pump(w)
                     why = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
-                    if not self._crashed(w, why, now):
+                    if not self._crashed(w, why, now, now):
                         return False
                 elif w.state == "running" and now - w.last_hb > sv.heartbeat_timeout_s:
                     log.error("%s hung: no heartbeat for %.1f s; killing it", w.name, now - w.last_hb,
                               extra={"worker": w.name})
                     w.proc.kill()
                     w.proc.join(timeout=2)
-                    if not self._crashed(w, "hung", now):
+                    if not self._crashed(w, "hung", now, w.last_hb):
                         return False
                 elif w.state == "starting" and w.incarnation > 1 and now - w.started_at > sv.ready_timeout_s:
                     log.error("restarted %s not ready within %.1f s; killing it", w.name, sv.ready_timeout_s)
                     w.proc.kill()
                     w.proc.join(timeout=2)
-                    if not self._crashed(w, "never ready", now):
+                    if not self._crashed(w, "never ready", now, now):
                         return False
             elif w.state == "backoff" and now >= w.next_start:
-                self.spawn(w)
+                self.restart(w)
+        self._tend_spare()
         return True
 
-    def _crashed(self, w: Worker, why: str, now: float) -> bool:
+    def _crashed(self, w: Worker, why: str, now: float, crash_at: float) -> bool:
+        """``now``: when the supervisor detected it; ``crash_at``: when it went down (see ``Worker``)."""
         sv = self.cfg.supervisor
         self._retire(w)
-        if not w.down_since:
+        if not w.down_since:  # a replacement that fails too keeps the first crash's times
             w.down_since = now
+            w.crash_at = crash_at
         recent = [t for t in w.restarts if now - t <= sv.restart_window_s] + [now]
         if len(recent) > sv.max_restarts:
             log.error("%s %s; another restart (%d within %.0f s) exceeds max_restarts=%d: shutting down", w.name,
@@ -448,6 +623,7 @@ class Supervisor:
         """Orderly: stop producers before their consumers, draining the rings in between."""
         dt = self.cfg.supervisor.drain_timeout_s
         log.info("shutting down in pipeline order")
+        self.stop_spare()  # idle, holds no ring: first, so it cannot be assigned or outlive the run
         self.stop_worker(self.workers["feed"])
         self.drain(["md"], dt)
         self.stop_worker(self.workers["book"])
@@ -461,6 +637,10 @@ class Supervisor:
             self.stop_worker(self.workers["simulator"])
 
     def kill_all(self) -> None:
+        if self.spare is not None:
+            self.spare.proc.kill()
+            self.spare.proc.join(timeout=2)
+            self._drop_spare(self.spare)
         for w in self.workers.values():
             if w.alive:
                 w.proc.kill()
@@ -470,6 +650,67 @@ class Supervisor:
                 if w.state != "stopped":
                     self._retire(w)
                     w.state = "stopped"
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, waking at once when a worker process exits.
+
+        The wake-up on the process sentinel is what makes ``crash_at`` the
+        crash time (to within scheduling delay) rather than the next tick.
+        """
+        sentinels = [w.proc.sentinel for w in self.workers.values()
+                     if w.state in ("starting", "running") and w.proc is not None]
+        if sentinels:
+            mp_connection.wait(sentinels, timeout_s)
+        else:
+            time.sleep(timeout_s)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics when enabled; a bind failure is a warning, the system runs without them."""
+        mc = self.cfg.metrics
+        if not mc.enabled:
+            return
+        from processes.metrics import MetricsServer
+
+        self.refresh_view(force=True)
+        try:
+            self.metrics = MetricsServer(self.cfg.instance, lambda: self.metrics_view, mc.host, mc.port)
+        except OSError as exc:
+            log.warning("metrics endpoint not started: cannot listen on %s:%d (%s); running without metrics. "
+                        "Free the port or set metrics.port (0 = any free port).", mc.host, mc.port, exc,
+                        extra={"host": mc.host, "port": mc.port})
+            return
+        self.metrics_port = self.metrics.port
+        log.info("metrics endpoint listening", extra={"host": mc.host, "port": self.metrics.port,
+                                                       "url": f"http://{mc.host}:{self.metrics.port}/metrics"})
+
+    def stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    def refresh_view(self, force: bool = False) -> None:
+        """Rebuild what the metrics collector reports about workers (twice a second while serving)."""
+        from core.latency import LatencySet
+
+        now = time.monotonic()
+        if not force and (self.metrics is None or now < self._next_view):
+            return
+        self._next_view = now + _VIEW_PERIOD_S
+        merged = LatencySet()
+        workers = {}
+        for w in self.workers.values():
+            merged.merge(w.lat_done).merge(LatencySet.from_wire(w.lat_wire))
+            workers[w.name] = {"up": w.state == "running" and w.alive, "restarts": len(w.restarts),
+                               "last_hb": w.last_hb if w.state == "running" else 0.0,
+                               "recovery_ms": w.recovery_ms[-1] if w.recovery_ms else None,
+                               "via_spare": w.via_spare}
+        sp = self.spare
+        self.metrics_view = {"workers": workers, "latency": merged.summary(),
+                             "spares": {"started": self.spare_stats["started"], "used": self.spare_stats["used"],
+                                        "failed": self.spare_stats["failed"],
+                                        "ready": int(sp is not None and bool(sp.ready_at))}}
 
     # -- summary ----------------------------------------------------------------------
 
@@ -495,13 +736,16 @@ class Supervisor:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     totals[k] = totals.get(k, 0) + v
             workers[w.name] = {"restarts": len(w.restarts), "recovery_ms": w.recovery_ms,
+                               "crash_to_ready_ms": w.crash_to_ready_ms, "restarts_via_spare": w.via_spare,
                                "exit_codes": w.exits, "counters": totals}
         latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
                    for hop, s in merged.summary().items()}
         return {"instance": self.cfg.instance, "mode": self.cfg.mode, "exit_code": self.exit_code,
                 "cold_start_ms": self.cold_start_ms, "flow_s": self.flow_s,
                 "run_s": round(time.monotonic() - self.t_start, 3),
-                "rings": rings, "workers": workers, "latency": latency}
+                "rings": rings, "workers": workers, "latency": latency,
+                "spares": {k: (list(v) if isinstance(v, list) else v) for k, v in self.spare_stats.items()},
+                "metrics_port": self.metrics_port}
 
     # -- main -----------------------------------------------------------------------------
 
@@ -517,6 +761,7 @@ class Supervisor:
                 log.error("cannot create rings: %s", exc)
                 self.exit_code = EXIT_FAIL
                 return self.exit_code
+            self.start_metrics()
             timeout = self.cfg.supervisor.ready_timeout_s
             order = (["simulator"] if "simulator" in self.workers else []) + list(reversed(PIPELINE))
             ok = True
@@ -544,7 +789,8 @@ class Supervisor:
                         break
                     if not self.check():
                         break
-                    time.sleep(_TICK_S)
+                    self.refresh_view()
+                    self._wait(_TICK_S)
                 self.flow_s = round(time.monotonic() - t_ready, 3)
                 if self.stop_signals:
                     log.info("stop requested by signal")
@@ -558,6 +804,7 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.kill_all()
             self.final = self.summary()
+            self.stop_metrics()  # before the rings go: it reads their headers
             self.unlink_rings()
             for r in self.rings.values():
                 r.close()
@@ -576,6 +823,15 @@ def format_summary(s: dict) -> str:
     lines.append("workers: " + ", ".join(f"{n} restarts={w['restarts']}" +
                                          (f" recovery_ms={w['recovery_ms']}" if w["recovery_ms"] else "")
                                          for n, w in s["workers"].items()))
+    bk = (s["workers"].get("book") or {}).get("counters") or {}
+    if "books_valid" in bk:  # the book worker's state at exit: valid books, what it published, resyncs
+        lines.append("book: " + " ".join(f"{k}={bk.get(k, 0)}" for k in (
+            "books_valid", "books", "tops", "depth_snapshots", "trades", "bars_closed", "resyncs_requested",
+            "chain_breaks", "crossed", "lapped", "stale_dropped")))
+    sp = s.get("spares") or {}
+    if sp.get("enabled"):
+        lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"
+                     f" warm_ms={sp['warm_ms']}")
     lines.append(f"{'latency (us)':<18}{'count':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}")
     for hop, h in s["latency"].items():
         lines.append(f"{hop:<18}{h['count']:>10}{h['p50_us']:>10.1f}{h['p90_us']:>10.1f}{h['p99_us']:>10.1f}"

@@ -34,6 +34,8 @@ def test_system_json_loads_into_typed_frozen_objects():
     assert set(cfg.processes["feed"].cpus) <= set(os.sched_getaffinity(0))
     assert cfg.processes["feed"].idle.strategy == "backoff"
     assert cfg.metrics.host == "127.0.0.1"
+    assert cfg.supervisor.spare_worker is True  # a warm spare process by default
+    assert cfg.book.bar_intervals_ms == (1000, 60000) and cfg.book.levels_capacity >= 5000  # no book section: defaults
     with pytest.raises(AttributeError):
         cfg.mode = "live"  # frozen
 
@@ -98,6 +100,10 @@ BAD = [
     ("overwrite order ring", _set("rings.orders.policy", "overwrite"), "rings.orders.policy must be block"),
     ("capacity not power of two", _set("rings.book.capacity", 1000), "rings.book.capacity must be a power of two"),
     ("recording rotation", _set("market_data.recording_rotate_mb", 0), "market_data.recording_rotate_mb must be > 0"),
+    ("book bar interval", _set("book", {"bar_intervals_ms": [1000, 1500]}), "book.bar_intervals_ms[1] must be a whole number of seconds"),
+    ("book levels", _set("book", {"levels_capacity": 100}), "book.levels_capacity must be >= 5000, got 100"),
+    ("book unknown key", _set("book", {"watermark": 5}), "book.watermark is not a known key"),
+    ("spare flag", _set("supervisor.spare_worker", "yes"), "supervisor.spare_worker must be true or false, got string \"yes\""),
     ("missing file", None, "config file not found"),
     ("invalid json", "{\"mode\": \"sim\",, }", "is not valid JSON"),
 ]

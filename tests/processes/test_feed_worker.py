@@ -211,3 +211,45 @@ def test_supervised_sim_run_feeds_the_pipeline_and_records_a_replayable_session(
     n = sum(dec.decode(f.payload, f.recv_ns, out) for f in ws)
     n += sum(dec.decode_snapshot(f.payload, ["BTCUSDT", "ETHUSDT"].index(f.symbol), f.recv_ns, out) for f in snaps)
     assert n + 2 == fc["records"]  # + one STATUS_RECONNECTED per symbol at connect
+
+
+def test_synthetic_source_keeps_flowing_across_many_ring_wraps(instance):
+    """A message straddling the wrap point must not stall the synthetic feed (claim() stops at the wrap)."""
+    from types import SimpleNamespace
+
+    cfg = load_config(ROOT / "config" / "system.json", env={"RINGTRADER__MARKET_DATA__SOURCE": "synthetic"},
+                      host_cpus=None)
+    name = segment_name(instance, "md")
+    ring = Ring.create(name, MD_EVENT, capacity=256, consumers=1, policy="block")
+    reader = Ring.attach(name, MD_EVENT, 0)
+    got: list[np.ndarray] = []
+    done = threading.Event()
+    t = threading.Thread(target=drain, args=(reader, got, done, 0.0), daemon=True)
+    ctx = FakeCtx(ring)
+    ctx.process = SimpleNamespace(batch=64)
+    ctx.ready = lambda: None
+    worker = threading.Thread(target=feed.run_synthetic, args=(cfg, ctx), daemon=True)
+    try:
+        t.start()
+        worker.start()
+        deadline = time.monotonic() + 20
+        while ring.published < 10 * ring.capacity and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ctx.stop = True
+        worker.join(5)
+        time.sleep(0.1)
+        done.set()
+        t.join(5)
+        published = ring.published
+    finally:
+        ctx.stop = True
+        done.set()
+        reader.close()
+        ring.close()
+        ring.unlink()
+    assert published >= 10 * 256, f"the synthetic feed stalled at {published} records"
+    recs = np.concatenate(got)
+    assert len(recs) == published
+    from test_feed import check_message_framing
+
+    check_message_framing(recs[recs["kind"] <= 3])

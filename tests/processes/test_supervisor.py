@@ -49,6 +49,10 @@ def small_config(instance: str, **edits) -> dict:
     for r in d["rings"].values():
         if isinstance(r, dict):
             r["capacity"] = 4096
+    # md never wraps during a test: the synthetic feed publishes whole messages through claim(), which stops
+    # at a 1-slot claim at the wrap point (see the report on processes/feed.py)
+    d["rings"]["md"]["capacity"] = 65536
+    d["metrics"]["port"] = 0  # any free port: concurrent runs never collide
     d["supervisor"].update({"ready_timeout_s": 60, "heartbeat_timeout_s": 5, "drain_timeout_s": 2,
                             "stop_timeout_s": 5, "backoff_initial_ms": 50})
     for path, value in edits.items():
@@ -178,8 +182,9 @@ def close_all(mons):
 
 def test_pipeline_flows_survives_a_killed_worker_and_sigterm_shuts_down_cleanly(tmp_path, instance):
     """One run (start-up is the expensive part): flow through all five rings with a consistent trace;
-    kill -9 of the book worker under flow -> restarted, flow resumes; SIGTERM -> exit 0, ordered, no segments."""
-    run = Run(tmp_path, small_config(instance))
+    kill -9 of the book worker under flow -> restarted, flow resumes; SIGTERM -> exit 0, ordered, no segments.
+    The spare is off here, so the restart is a fresh spawn (the spare has test_supervisor_restart.py)."""
+    run = Run(tmp_path, small_config(instance, **{"supervisor.spare_worker": False}))
     try:
         ready = run.wait_event(msg("all workers ready"), 90)
         assert ready["cold_start_ms"] > 0
@@ -191,7 +196,7 @@ def test_pipeline_flows_survives_a_killed_worker_and_sigterm_shuts_down_cleanly(
 
             os.kill(book["pid"], signal.SIGKILL)
             back = run.wait_event(lambda ev: ev.get("msg") == "book ready" and ev.get("incarnation") == 2, 30)
-            assert back["pid"] != book["pid"] and back["recovery_ms"] > 0
+            assert back["pid"] != book["pid"] and back["recovery_ms"] > 0 and back["via"] == "spawn"
             after = mons["reports"].published
             wait_flow({"reports": mons["reports"]}, after + 200, 20)  # records flow again end to end
             assert check_trace_chain(mons) > 0
@@ -214,6 +219,7 @@ def test_pipeline_flows_survives_a_killed_worker_and_sigterm_shuts_down_cleanly(
         assert all(w["counters"].get("trace_violations", 0) == 0 for w in s["workers"].values())
         assert s["workers"]["book"]["restarts"] == 1 and s["workers"]["book"]["exit_codes"][0] == -signal.SIGKILL
         assert sum(w["restarts"] for w in s["workers"].values()) == 1
+        assert s["spares"]["started"] == 0  # supervisor.spare_worker false: no spare process at all
         # the stop order of the pipeline
         stops = [ev["worker"] for ev in run.events if ev.get("msg", "").endswith(" stopped") and "worker" in ev]
         assert stops == ["feed", "book", "signal", "risk", "execution"]

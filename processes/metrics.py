@@ -1,0 +1,172 @@
+"""Prometheus metrics endpoint of the supervisor.
+
+``MetricsServer(instance, view, host, port)`` serves ``/metrics`` (the
+``prometheus_client`` HTTP server, in a daemon thread of the supervisor) from
+one custom collector, ``RingtraderCollector``, evaluated at scrape time:
+
+Ring counters come straight from the shared-memory headers (the collector
+attaches every ring as a read-only ``monitor``), so they are exact at the
+moment of the scrape and cost the workers nothing:
+
+=======================================  =========  ===========================================
+``ringtrader_ring_published_total``      counter    {ring} records published
+``ringtrader_ring_consumed_total``       counter    {ring,consumer} the consumer's cursor
+``ringtrader_ring_lag``                  gauge      {ring,consumer} published - consumed
+``ringtrader_ring_stalls_total``         counter    {ring} publishes that found the ring full
+``ringtrader_ring_lost_total``           counter    {ring,consumer} records a lapped consumer lost
+``ringtrader_ring_lapped_total``         counter    {ring,consumer} times the consumer was lapped
+``ringtrader_ring_capacity``             gauge      {ring} slots
+=======================================  =========  ===========================================
+
+Worker and latency figures come from ``view()``, a dict the supervisor
+rebuilds from its heartbeats twice a second (replaced whole, so the scrape
+thread never sees a half-built one):
+
+=============================================  =======  ==============================================
+``ringtrader_worker_up``                       gauge    {worker} 1 while running and heartbeating
+``ringtrader_worker_restarts_total``           counter  {worker}
+``ringtrader_worker_restarts_via_spare_total`` counter  {worker} restarts served by the warm spare
+``ringtrader_worker_heartbeat_age_seconds``    gauge    {worker} since its last heartbeat
+``ringtrader_worker_recovery_seconds``         gauge    {worker} last crash detected -> replacement ready
+``ringtrader_spare_started_total``             counter  spare processes started
+``ringtrader_spare_used_total``                counter  spares that became a worker
+``ringtrader_spare_ready``                     gauge    1 while a warmed spare is waiting
+``ringtrader_hop_latency_us``                  gauge    {hop,quantile} cumulative since start (0.5 ... 0.999; 1 = max)
+``ringtrader_hop_latency_samples_total``       counter  {hop}
+=============================================  =======  ==============================================
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from core import records
+from core.config import RINGS
+from ringbuffers.ring import Ring, segment_name
+
+PREFIX = "ringtrader_"
+_QUANTILES = (("0.5", "p50_us"), ("0.9", "p90_us"), ("0.99", "p99_us"), ("0.999", "p999_us"), ("1", "max_us"))
+
+
+class RingtraderCollector(Collector):
+    """Reads ring headers and the supervisor's worker view at every scrape (see the module docstring)."""
+
+    def __init__(self, instance: str, view: Callable[[], dict]):
+        self._view = view
+        self._lock = threading.Lock()  # a scrape never reads a ring that close() is unmapping
+        self._rings: dict[str, tuple[Ring, tuple[str, ...]]] = {}
+        try:
+            for ring, (dtype_name, _producer, consumers) in RINGS.items():
+                mon = Ring.attach(segment_name(instance, ring), records.ALL_DTYPES[dtype_name], "monitor")
+                self._rings[ring] = (mon, consumers)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for mon, _ in self._rings.values():
+                mon.close()
+            self._rings = {}
+
+    def collect(self):
+        with self._lock:
+            yield from self._ring_metrics()
+        yield from self._worker_metrics(self._view() or {})
+
+    def _ring_metrics(self):
+        published = CounterMetricFamily(PREFIX + "ring_published", "Records published into the ring", labels=["ring"])
+        stalls = CounterMetricFamily(PREFIX + "ring_stalls", "Publishes that found the ring full", labels=["ring"])
+        capacity = GaugeMetricFamily(PREFIX + "ring_capacity", "Ring slots", labels=["ring"])
+        consumed = CounterMetricFamily(PREFIX + "ring_consumed", "Records released by the consumer",
+                                       labels=["ring", "consumer"])
+        lag = GaugeMetricFamily(PREFIX + "ring_lag", "Records published but not yet consumed",
+                                labels=["ring", "consumer"])
+        lost = CounterMetricFamily(PREFIX + "ring_lost", "Records a lapped consumer lost (overwrite policy)",
+                                   labels=["ring", "consumer"])
+        lapped = CounterMetricFamily(PREFIX + "ring_lapped", "Times the consumer was lapped (overwrite policy)",
+                                     labels=["ring", "consumer"])
+        for ring, (mon, consumers) in self._rings.items():
+            st = mon.stats()
+            published.add_metric([ring], st.published)
+            stalls.add_metric([ring], st.stalls)
+            capacity.add_metric([ring], st.capacity)
+            for i, c in enumerate(consumers):
+                consumed.add_metric([ring, c], st.consumed[i])
+                lag.add_metric([ring, c], max(0, st.published - st.consumed[i]))
+                lost.add_metric([ring, c], st.lost[i])
+                lapped.add_metric([ring, c], st.lapped[i])
+        return [published, consumed, lag, stalls, lost, lapped, capacity]
+
+    @staticmethod
+    def _worker_metrics(view: dict):
+        now = time.monotonic()
+        up = GaugeMetricFamily(PREFIX + "worker_up", "1 while the worker is running", labels=["worker"])
+        restarts = CounterMetricFamily(PREFIX + "worker_restarts", "Worker restarts", labels=["worker"])
+        via_spare = CounterMetricFamily(PREFIX + "worker_restarts_via_spare",
+                                        "Worker restarts served by the pre-warmed spare process", labels=["worker"])
+        hb_age = GaugeMetricFamily(PREFIX + "worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat",
+                                   labels=["worker"])
+        recovery = GaugeMetricFamily(PREFIX + "worker_recovery_seconds",
+                                     "Last restart: crash detected -> replacement ready", labels=["worker"])
+        for name, w in (view.get("workers") or {}).items():
+            up.add_metric([name], 1 if w["up"] else 0)
+            restarts.add_metric([name], w["restarts"])
+            via_spare.add_metric([name], w["via_spare"])
+            if w["last_hb"]:
+                hb_age.add_metric([name], max(0.0, now - w["last_hb"]))
+            if w["recovery_ms"] is not None:
+                recovery.add_metric([name], w["recovery_ms"] / 1000.0)
+        yield from (up, restarts, via_spare, hb_age, recovery)
+
+        sp = view.get("spares") or {}
+        yield CounterMetricFamily(PREFIX + "spare_started", "Spare worker processes started",
+                                  value=sp.get("started", 0))
+        yield CounterMetricFamily(PREFIX + "spare_used", "Spare processes that replaced a crashed worker",
+                                  value=sp.get("used", 0))
+        yield GaugeMetricFamily(PREFIX + "spare_ready", "1 while a warmed spare waits for a crash",
+                                value=sp.get("ready", 0))
+
+        lat = GaugeMetricFamily(PREFIX + "hop_latency_us", "Per-hop latency percentiles since start, microseconds "
+                                                          "(quantile 1 = max)", labels=["hop", "quantile"])
+        samples = CounterMetricFamily(PREFIX + "hop_latency_samples", "Latency samples per hop", labels=["hop"])
+        for hop, s in (view.get("latency") or {}).items():
+            if not s.get("count"):
+                continue
+            samples.add_metric([hop], s["count"])
+            for q, key in _QUANTILES:
+                lat.add_metric([hop, q], s[key])
+        yield lat
+        yield samples
+
+
+class MetricsServer:
+    """The endpoint: ``/metrics`` on ``host:port`` (port 0 = any free port, see ``.port``).
+
+    Raises ``OSError`` when it cannot listen (port in use, bad address); the
+    supervisor turns that into one warning and runs on without metrics.
+    """
+
+    def __init__(self, instance: str, view: Callable[[], dict], host: str, port: int):
+        self.collector = RingtraderCollector(instance, view)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.collector)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError:
+            self.collector.close()
+            raise
+        self.port = self._server.server_port
+
+    def close(self) -> None:
+        """Stop serving (returns within the server's 0.5 s poll interval) and detach from the rings."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2)
+        self.collector.close()
