@@ -10,8 +10,8 @@ ensure_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         local py="${PYTHON:-}"
         if [ -z "$py" ]; then
-            for c in python3.12 python3.11 python3; do
-                if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py="$c"; break; fi
+            for c in python3 python3.12 python3.11; do
+                if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then py="$c"; break; fi
             done
         fi
         [ -n "$py" ] || { echo "ringtrader needs Python >= 3.11 (set PYTHON=...)" >&2; exit 1; }
