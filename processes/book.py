@@ -1,40 +1,385 @@
-"""Book worker — TEMPORARY PASS-THROUGH (ringtrader issue 3).
+"""Book worker: ``md`` ring in, L2 books + sync + bars, ``book`` ring out.
 
-PASS-THROUGH: the real book worker (L2 books, sequence sync, bars; issue 5)
-replaces this module. Until then each ``md`` record becomes one ``book``
-record that carries its trace (recv_ns, in_pub_ns = md pub_ns): trades as
-BK_TRADE, everything else as a BK_TOP marked BOOK_INVALID (no book is kept,
-so nothing downstream may act on it). Records the ``md->book`` hop.
+Per symbol it keeps the L2 book, the Binance diff-depth sync state machine
+and the time bars (all in ``core.book_worker_kernels.BookEngine``), and
+publishes BOOK_EVENT records: ``BK_TOP`` on every change of the best levels or
+of the book state (``state`` says VALID/INVALID, so nothing downstream acts on
+an invalid book), ``BK_DEPTH`` top-10 snapshots at ``book.depth_throttle_ms``,
+``BK_TRADE`` for every trade and ``BK_BAR`` for every closed bar.
+
+Loop (one pass = one md batch)
+------------------------------
+1. ``md.poll(batch)``. Under the ``overwrite`` policy a lapped poll reports
+   ``lost > 0``: every book is marked INVALID (``REASON_LAPPED``) before the
+   records after the gap are processed, and a resync is requested for every
+   symbol.
+2. ``process_md_batch`` writes the events straight into slots claimed from
+   the ``book`` ring (claim -> kernel writes -> stamp ``pub_ns`` -> commit).
+   When the claim is too short to make progress (at the wrap point, or a
+   block ring with one or two free slots) the kernel writes into the engine's
+   scratch array, which ``publish_batch`` copies across the wrap. A full
+   ``block`` ring is waited out with the worker's idle strategy (the md
+   records stay unreleased, so the feed waits in turn): nothing is dropped.
+3. Resync requests (``BookEngine.take_resync_requests``) become
+   ``{"type": "resync", "symbol": id, "reason": name}`` events; the
+   supervisor forwards them to the feed as ``{"type": "resync", "symbol": id}``
+   commands. A symbol still INVALID ``RESYNC_RETRY_S`` after its last request
+   is asked for again (a lost command, a feed restarted meanwhile, a snapshot
+   that kept failing). On a first start the feed snapshots every symbol by
+   itself, so the engine's initial requests are not sent; a restarted book
+   worker (incarnation > 1) sends them at once, since the feed does not know
+   the books are empty.
+4. The bar timer (every ``TIMER_PERIOD_NS``): bars must close on their
+   boundary by exchange time even when no trade follows. The worker estimates
+   exchange time as the newest ``exch_ms`` seen in ``md`` plus the
+   CLOCK_MONOTONIC time elapsed since that record was processed, and calls
+   ``on_timer`` with it; the kernel closes a bar once that estimate passes its
+   end by ``book.bar_watermark_ms``. Why this estimate: it needs no clock
+   sync with the exchange (the anchor is the exchange's own timestamp; only
+   the local elapsed time is added), it keeps running through a quiet market
+   or a dropped connection (a Binance kline closes on time either way), and
+   the network delay folded into the anchor only makes bars close a little
+   later, which the watermark already allows for. A trade that arrives after
+   its bar was closed this way is counted as late (``late_trades``) and not
+   added to the closed bar.
+
+Trace: every event carries the causing md record's ``recv_ns`` and
+``in_pub_ns`` (its ``pub_ns``); ``pub_ns`` is stamped just before the commit
+and the ``md->book`` hop (``pub_ns - in_pub_ns``) is recorded for every event
+that has an md cause (timer bars and lap invalidations have none).
+
+Heartbeat counters: ``books_valid`` (symbols VALID now), ``tops``,
+``tops_invalid``, ``depth_snapshots``, ``trades``, ``bars_closed``,
+``resyncs_requested``, ``lapped``/``md_lost``, ``book_full`` (waits on a full
+book ring), ``md_records``, and the engine's per-symbol counters summed
+(``applied``, ``chain_breaks``, ``crossed``, ``stale_dropped``, ``buffered``,
+``snapshots_applied``, ``reconnects``, ``late_trades``, ``malformed``...).
 """
 
 from __future__ import annotations
 
+import time
+
+import numba as nb
 import numpy as np
 
-from core.records import BK_TOP, BK_TRADE, BOOK_INVALID, MD_AGG_TRADE, MD_TRADE
-from processes.runtime import relay
+from core.book_sync import COUNTER_NAMES, REASON_LAPPED, REASON_NAMES, S_REASON, S_STATE, ST_SYNCED
+from core.book_worker_kernels import (
+    G_BAD_KIND,
+    G_BAD_SYMBOL,
+    OUT_RESERVE,
+    BookConfig,
+    BookEngine,
+    mark_all_invalid,
+    md_diff,
+    md_snapshot,
+    md_status,
+    md_trade,
+    on_timer,
+    process_md_batch,
+)
+from core.latency import nb_record, new_hist
+from core.records import BK_BAR, BK_DEPTH, BK_TOP, BK_TRADE, BOOK_VALID, FIXED_SCALE, STATUS_RECONNECTED
+from ringbuffers.ring import POLICY_BLOCK
+
+TIMER_PERIOD_NS = 20_000_000  # bar timer: a bar closes at most this long after end + watermark
+STATS_PERIOD_NS = 100_000_000  # counters are copied into ctx.stats this often (heartbeats send them)
+RESYNC_RETRY_S = 5.0  # a symbol still INVALID this long after its last resync request is asked for again
+SCRATCH_EVENTS = 4096  # the engine's scratch output (the wrap-point / nearly-full path)
+
+# tally slots (see tally_events)
+T_TOPS_INVALID = 0  # BK_* kinds are 1..4 and use their own index
+T_N = 8
+
+_ENGINE_COUNTERS = {("stale_dropped" if k == "stale" else k): col for k, col in COUNTER_NAMES.items()
+                    if k not in ("trades", "lapped")}  # trades: counted as published; lapped: per lap, not per symbol
 
 
-def _convert(src, dst) -> None:
-    trade = (src["kind"] == MD_TRADE) | (src["kind"] == MD_AGG_TRADE)
-    dst["recv_ns"] = src["recv_ns"]
-    dst["in_pub_ns"] = src["pub_ns"]
-    dst["exch_ms"] = src["exch_ms"]
-    dst["last_update_id"] = src["last_id"]
-    dst["symbol"] = src["symbol"]
-    dst["kind"] = np.where(trade, BK_TRADE, BK_TOP)
-    dst["state"] = BOOK_INVALID
-    dst["flags"] = src["flags"]
-    dst["tr_px"] = np.where(trade, src["price"], 0)
-    dst["tr_qty"] = np.where(trade, src["qty"], 0)
+# ---------------------------------------------------------------------------
+# Kernel
+# ---------------------------------------------------------------------------
+@nb.njit(cache=True, nogil=True)
+def tally_events(ev, k, tally, hist):
+    """Count ``ev[:k]`` by kind (invalid tops apart) and record ``pub_ns - in_pub_ns`` into ``hist``."""
+    for i in range(k):
+        e = ev[i]
+        kind = e.kind
+        tally[kind] += 1
+        if kind == BK_TOP and e.state != BOOK_VALID:
+            tally[T_TOPS_INVALID] += 1
+        if e.in_pub_ns > 0:
+            nb_record(hist, e.pub_ns - e.in_pub_ns)
+
+
+# ---------------------------------------------------------------------------
+# Configuration and warm-up
+# ---------------------------------------------------------------------------
+def book_config(config) -> BookConfig:
+    """The kernels' ``BookConfig`` from the system config's ``book`` section and instrument table."""
+    b = config.book
+    return BookConfig(n_symbols=len(config.instruments), levels_capacity=b.levels_capacity,
+                      buffer_capacity=b.buffer_capacity, bar_intervals_ms=tuple(b.bar_intervals_ms),
+                      bar_watermark_ms=b.bar_watermark_ms, emit_empty_bars=b.emit_empty_bars,
+                      depth_throttle_ms=b.depth_throttle_ms)
+
+
+def _warm_batch() -> np.ndarray:
+    """md records that drive every kernel path: buffer, snapshot + bridge, apply, trades over a bar, reconnect."""
+    px, q = 100 * FIXED_SCALE, FIXED_SCALE
+    t0 = 1_700_000_059_000
+    return np.concatenate([
+        md_diff(0, 11, 11, bids=[(px, q)]),  # buffered: no snapshot yet
+        md_snapshot(0, 10, bids=[(px - 1, q)], asks=[(px + 1, q)]),  # replays the buffered diff: bridged, VALID
+        md_diff(0, 12, 12, asks=[(px + 2, q)]),  # applied
+        md_trade(0, 1, px, q, t0),
+        md_trade(0, 2, px, q, t0 + 1500, last_id=3),  # closes the first 1 s bar
+        md_status(0, STATUS_RECONNECTED),
+    ])
+
+
+def warm(config) -> None:
+    """Load (or compile once into NUMBA_CACHE_DIR) every book kernel on a throwaway engine; touches no ring.
+
+    Called before ``ctx.ready()`` and by the supervisor's spare process
+    (``processes.runtime.warm_all``).
+    """
+    cfg = book_config(config)
+    small = BookConfig(n_symbols=max(1, min(cfg.n_symbols, 2)), levels_capacity=5000, buffer_capacity=1024,
+                       bar_intervals_ms=cfg.bar_intervals_ms, bar_watermark_ms=cfg.bar_watermark_ms,
+                       emit_empty_bars=cfg.emit_empty_bars, depth_throttle_ms=cfg.depth_throttle_ms)
+    eng = BookEngine(small, out_capacity=64)
+    # The raw kernels on the engine's own output array: the worker calls them on ring slots of that same dtype
+    # (a concatenated copy would carry a different numba type and leave the worker's signature uncompiled).
+    tally, hist = np.zeros(T_N, np.int64), new_hist()
+    md = _warm_batch()
+    i = 0
+    while i < len(md):
+        consumed, k = process_md_batch(md[i:], len(md) - i, eng.keys, eng.qtys, eng.count, eng.sync, eng.resync,
+                                       eng.buf, eng.bars, eng.intervals, eng.params, eng.gstat, eng.out, 0,
+                                       np.zeros((0, 6), np.int64), np.zeros(1, np.int64))
+        eng.out["pub_ns"][:k] = 1
+        tally_events(eng.out, k, tally, hist)
+        i += consumed
+    on_timer(np.int64(1_700_000_200_000), np.int64(1), eng.sync, eng.bars, eng.intervals, eng.params, eng.gstat,
+             eng.out, 0)
+    mark_all_invalid(np.int64(REASON_LAPPED), np.int64(1), eng.keys, eng.qtys, eng.count, eng.sync, eng.resync,
+                     eng.out, 0)
+    eng.take_resync_requests()
+
+
+# ---------------------------------------------------------------------------
+# The worker
+# ---------------------------------------------------------------------------
+class BookWorker:
+    """One book worker's loop state around a ``BookEngine`` (see the module docstring)."""
+
+    def __init__(self, config, ctx, engine: BookEngine | None = None):
+        self.ctx = ctx
+        if engine is None:
+            bc = book_config(config)
+            engine = BookEngine(bc, out_capacity=max(SCRATCH_EVENTS, bc.n_symbols))
+        self.engine = engine
+        self._no_diag = np.zeros((0, 6), np.int64)  # the worker keeps no per-diff diagnostics
+        self._diag_n = np.zeros(1, np.int64)
+        self.md = ctx.inputs["md"]
+        self.out = ctx.outputs["book"]
+        self.block = self.out.policy == POLICY_BLOCK
+        self.batch = ctx.process.batch
+        self.hist = ctx.latency.hop("md->book").h
+        self.tally = np.zeros(T_N, np.int64)
+        self.n_sym = self.engine.config.n_symbols
+        self.n_iv = len(self.engine.intervals)
+        self.exch_anchor_ms = 0  # newest exch_ms seen in md...
+        self.exch_anchor_ns = 0  # ...and the CLOCK_MONOTONIC ns it was processed at
+        self.next_timer = 0
+        self.next_stats = 0
+        self.laps = 0
+        self.lost = 0
+        self.md_records = 0
+        self.book_full = 0
+        self.resyncs_requested = 0
+        self.resync_pending: set[int] = set()  # symbols whose request is still to be sent
+        self.resync_sent_at = np.full(self.n_sym, time.monotonic())  # last request (or start), monotonic s
+        self.stopping = False
+        if ctx.incarnation > 1:
+            # a restarted book has empty books and the feed does not know it
+            self.resync_pending.update(self.engine.take_resync_requests())
+        else:
+            self.engine.take_resync_requests()  # the feed snapshots every symbol at its own start
+
+    # -- publishing ---------------------------------------------------------------
+
+    def _claim(self, want: int, need: int):
+        """Slots to write into: a ring slice (direct), the scratch array, or None when stopping."""
+        while True:
+            dst = self.out.claim(min(want, self.out.capacity))
+            if dst is not None:
+                if len(dst) >= need:
+                    return dst, True
+                self.out.commit(0)  # too short to make progress (wrap point, nearly full): use the scratch path
+                return self.engine.out, False
+            self.book_full += 1  # block policy, ring full: wait for the slowest consumer, never drop
+            if self._wait_or_stop():
+                return None, False
+
+    def _wait_or_stop(self) -> bool:
+        if self.ctx.should_stop():
+            self.stopping = True
+            return True
+        self.ctx.idle.idle(0)
+        self.ctx.heartbeat()
+        return False
+
+    def _commit(self, dst: np.ndarray, direct: bool, k: int) -> None:
+        if direct:
+            if k:
+                dst["pub_ns"][:k] = time.monotonic_ns()
+            self.out.commit(k)
+        elif k:
+            ev = dst[:k]
+            done = 0
+            while True:
+                ev["pub_ns"][done:] = time.monotonic_ns()
+                done += self.out.publish_batch(ev[done:])
+                if done == k:
+                    break
+                self.book_full += 1  # block policy: wait for the slowest consumer, never drop
+                if self._wait_or_stop():
+                    k = done  # shutting down (consumers may be gone): the rest is never published
+                    break
+        if k:
+            tally_events(dst, k, self.tally, self.hist)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Poll one md batch, process and publish it. Returns the md records consumed."""
+        p = self.md.poll(self.batch)
+        recs = p.records
+        n = len(recs)
+        i = 0
+        try:
+            if p.lost:
+                self._lapped(p.lost)
+            if n:
+                now = time.monotonic_ns()
+                newest = int(recs["exch_ms"].max())
+                if newest > self.exch_anchor_ms:
+                    self.exch_anchor_ms, self.exch_anchor_ns = newest, now
+                e = self.engine
+                while i < n and not self.stopping:
+                    # need: a status for all symbols is one record that writes one top per symbol
+                    dst, direct = self._claim(OUT_RESERVE * (n - i) + 2 * self.n_iv, max(OUT_RESERVE, self.n_sym))
+                    if dst is None:
+                        break
+                    consumed, k = process_md_batch(recs[i:], n - i, e.keys, e.qtys, e.count, e.sync, e.resync,
+                                                   e.buf, e.bars, e.intervals, e.params, e.gstat, dst, 0,
+                                                   self._no_diag, self._diag_n)
+                    self._commit(dst, direct, k)
+                    i += consumed
+        finally:
+            self.md.release(i)
+        self.md_records += i
+        return i
+
+    def _lapped(self, lost: int) -> None:
+        """The md ring overran us: every book missed records it cannot get back."""
+        self.laps += 1
+        self.lost += lost
+        self.ctx.log.warning("md ring lapped: %d records lost; every book is INVALID until resynced", lost,
+                             extra={"lost": lost})
+        e = self.engine
+        dst, direct = self._claim(self.n_sym, self.n_sym)
+        if dst is None:
+            return
+        k = mark_all_invalid(np.int64(REASON_LAPPED), np.int64(time.monotonic_ns()), e.keys, e.qtys, e.count,
+                             e.sync, e.resync, dst, 0)
+        self._commit(dst, direct, k)
+
+    def timer(self, now_ns: int) -> None:
+        """Close bars that ended (by estimated exchange time) more than the watermark ago."""
+        if not self.exch_anchor_ms:
+            return
+        est = self.exch_anchor_ms + (now_ns - self.exch_anchor_ns) // 1_000_000
+        e = self.engine
+        done = False
+        while not done and not self.stopping:
+            dst, direct = self._claim(2 * self.n_sym * self.n_iv + 2, 2)
+            if dst is None:
+                return
+            done, k = on_timer(np.int64(est), np.int64(now_ns), e.sync, e.bars, e.intervals, e.params, e.gstat,
+                               dst, 0)
+            self._commit(dst, direct, k)
+
+    def resyncs(self) -> None:
+        """Turn the engine's resync flags into events for the feed (via the supervisor); retry stale ones."""
+        e = self.engine
+        if e.resync.any():
+            self.resync_pending.update(e.take_resync_requests())
+        if not self.resync_pending:
+            return
+        now = time.monotonic()
+        for sym in sorted(self.resync_pending):
+            reason = REASON_NAMES.get(int(e.sync[sym, S_REASON]), "unknown")
+            if not self.ctx.event("resync", symbol=sym, reason=reason):
+                return  # the event queue is full: try again next pass
+            self.resync_pending.discard(sym)
+            self.resync_sent_at[sym] = now
+            self.resyncs_requested += 1
+
+    def _retry_resyncs(self) -> None:
+        now = time.monotonic()
+        invalid = self.engine.sync[:, S_STATE] != ST_SYNCED
+        late = np.flatnonzero(invalid & (now - self.resync_sent_at > RESYNC_RETRY_S)).tolist()
+        if late:
+            self.ctx.log.warning("%d books still INVALID %.0f s after their resync request: asking again", len(late),
+                                 RESYNC_RETRY_S, extra={"symbols": late})
+            self.resync_pending.update(late)
+            self.resync_sent_at[late] = now
+
+    def stats(self) -> dict:
+        e = self.engine
+        sync = e.sync
+        s = {name: int(sync[:, col].sum()) for name, col in _ENGINE_COUNTERS.items()}
+        t = self.tally
+        s.update(books=self.n_sym, books_valid=int(np.count_nonzero(sync[:, S_STATE] == ST_SYNCED)),
+                 tops=int(t[BK_TOP]), tops_invalid=int(t[T_TOPS_INVALID]), depth_snapshots=int(t[BK_DEPTH]),
+                 trades=int(t[BK_TRADE]), bars_closed=int(t[BK_BAR]), resyncs_requested=self.resyncs_requested,
+                 lapped=self.laps, md_lost=self.lost, md_records=self.md_records, book_full=self.book_full,
+                 bad_symbol=int(e.gstat[G_BAD_SYMBOL]), bad_kind=int(e.gstat[G_BAD_KIND]))
+        return s
+
+    def housekeeping(self, now_ns: int) -> None:
+        """Timer, resync retries, counters and commands: cheap when nothing is due."""
+        if now_ns >= self.next_timer:
+            self.next_timer = now_ns + TIMER_PERIOD_NS
+            self.timer(now_ns)
+        self.resyncs()
+        if now_ns >= self.next_stats:
+            self.next_stats = now_ns + STATS_PERIOD_NS
+            self._retry_resyncs()
+            for cmd in self.ctx.commands():
+                self.ctx.log.warning("book: unknown command %r ignored", cmd.get("type"))
+            self.ctx.heartbeat(**self.stats())
+        else:
+            self.ctx.heartbeat()
+
+    def loop(self) -> None:
+        ctx = self.ctx
+        while not self.stopping and not ctx.should_stop():
+            n = self.step()
+            self.housekeeping(time.monotonic_ns())
+            ctx.idle.idle(n)
+        ctx.stats.update(self.stats())
 
 
 def run(config, ctx) -> None:
-    inp, out = ctx.inputs["md"], ctx.outputs["book"]
-    hop = ctx.latency.hop("md->book")
-    batch = ctx.process.batch
+    """Worker entry (``processes.runtime``): warm the kernels, say ready, loop until stopped."""
+    warm(config)
+    worker = BookWorker(config, ctx)
+    ctx.log.info("book worker: %d symbols, bars %s ms, watermark %d ms, depth throttle %s ms, %s book ring",
+                 worker.n_sym, list(config.book.bar_intervals_ms), config.book.bar_watermark_ms,
+                 config.book.depth_throttle_ms, "block" if worker.block else "overwrite")
     ctx.ready()
-    while not ctx.should_stop():
-        n = relay(ctx, inp, out, _convert, hop, batch)
-        ctx.idle.idle(n)
-        ctx.heartbeat()
+    worker.resync_sent_at[:] = time.monotonic()  # the retry clock starts with the flow, not with the warm-up
+    worker.loop()
