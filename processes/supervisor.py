@@ -67,6 +67,9 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
 _TICK_S = 0.01  # supervisor loop period: events, exit codes, heartbeats
+# Heartbeat values that are a current state, not a count: across restarts the
+# latest incarnation's value stands instead of the sum.
+GAUGES = frozenset({"books_valid", "books", "clients", "connected", "rest_used_weight_1m"})
 _VIEW_PERIOD_S = 0.5  # how often the metrics view of the workers (and merged latency) is rebuilt
 
 log = logging.getLogger("ringtrader.supervisor")
@@ -124,6 +127,14 @@ class SinkHandler(logging.Handler):
 # Worker bookkeeping
 # ---------------------------------------------------------------------------
 
+
+
+def _fold(totals: dict, stats: dict) -> dict:
+    """Add an incarnation's numeric heartbeat counters into ``totals`` (gauges: latest wins)."""
+    for k, v in stats.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            totals[k] = v if k in GAUGES else totals.get(k, 0) + v
+    return totals
 
 @dataclass
 class Worker:
@@ -471,9 +482,7 @@ class Supervisor:
 
         self.pump(w)
         w.lat_done.merge(LatencySet.from_wire(w.lat_wire))
-        for k, v in w.stats.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                w.stats_done[k] = w.stats_done.get(k, 0) + v
+        _fold(w.stats_done, w.stats)
         w.stats, w.lat_wire = {}, {}
         if w.proc is not None:
             w.exits.append(w.proc.exitcode)
@@ -731,10 +740,7 @@ class Supervisor:
         for w in self.workers.values():
             lat = LatencySet().merge(w.lat_done).merge(LatencySet.from_wire(w.lat_wire))
             merged.merge(lat)
-            totals = dict(w.stats_done)
-            for k, v in w.stats.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    totals[k] = totals.get(k, 0) + v
+            totals = _fold(dict(w.stats_done), w.stats)
             workers[w.name] = {"restarts": len(w.restarts), "recovery_ms": w.recovery_ms,
                                "crash_to_ready_ms": w.crash_to_ready_ms, "restarts_via_spare": w.via_spare,
                                "exit_codes": w.exits, "counters": totals}
