@@ -28,6 +28,7 @@ line pair so that adjacent-line prefetch never shares a written line)::
                   +8  claim         seq one past the last being written  producer (relaxed, then release fence)
                   +16 stalls        times a publish found the ring full  producer
                   +24 producer_pid  pid of the attached producer         producer
+                  +32 gate_cache    last seen slowest consumer cursor     producer
     256+128*i   CONSUMER i (LINE_PAIR bytes)
                   +0  cursor        seq of the next record to read       consumer i (release)
                   +8  lapped        times it was overrun (overwrite)     consumer i
@@ -95,7 +96,7 @@ check_cpu()
 LINE_PAIR = 2 * CACHE_LINE
 WORD = 8
 MAGIC = int.from_bytes(b"RTRING01", "little")
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: producer gate cache
 
 POLICY_BLOCK = 0
 POLICY_OVERWRITE = 1
@@ -120,6 +121,7 @@ P_PUBLISH = PRODUCER_OFF // WORD + 0
 P_CLAIM = PRODUCER_OFF // WORD + 1
 P_STALLS = PRODUCER_OFF // WORD + 2
 P_PID = PRODUCER_OFF // WORD + 3
+P_GATE = PRODUCER_OFF // WORD + 4  # cached min consumer cursor (a lower bound: cursors only grow)
 
 CONSUMERS_OFF = 2 * LINE_PAIR
 C_STRIDE = LINE_PAIR // WORD  # words between consumer blocks
@@ -182,9 +184,13 @@ def nb_publish_begin(ctrl, n):
     if n > cap:
         return FULL
     if ctrl[H_POLICY] == POLICY_BLOCK:
-        if seq + n - nb_min_consumer_cursor(ctrl) > cap:
-            ctrl[P_STALLS] += 1
-            return FULL
+        # Disruptor-style gating: re-read the consumer cursors (cross-core cache
+        # misses) only when the cached slowest cursor says the ring is full.
+        if seq + n - ctrl[P_GATE] > cap:
+            ctrl[P_GATE] = nb_min_consumer_cursor(ctrl)
+            if seq + n - ctrl[P_GATE] > cap:
+                ctrl[P_STALLS] += 1
+                return FULL
     else:
         store_release(ctrl, P_CLAIM, seq + n)
         fence_release()
@@ -470,9 +476,11 @@ class Ring:
         if n > self.capacity:
             raise RingError(f"ring {self.name}: batch of {n} exceeds capacity {self.capacity}")
         if self.policy == POLICY_BLOCK:
-            if seq + n - self._min_cursor() > self.capacity:
-                ctrl[P_STALLS] += 1
-                return FULL
+            if seq + n - int(ctrl[P_GATE]) > self.capacity:  # cached slowest cursor, as nb_publish_begin
+                ctrl[P_GATE] = self._min_cursor()
+                if seq + n - int(ctrl[P_GATE]) > self.capacity:
+                    ctrl[P_STALLS] += 1
+                    return FULL
         else:
             ctrl[P_CLAIM] = seq + n  # x86-64 TSO: visible before the slot stores that follow
         return seq
@@ -501,7 +509,7 @@ class Ring:
         total = len(records)
         done = 0
         while done < total:
-            free = self.free_slots()
+            free = self.free_slots(total - done)
             n = min(total - done, free if self.policy == POLICY_BLOCK else self.capacity)
             if n <= 0:
                 self.ctrl[P_STALLS] += 1
@@ -530,10 +538,17 @@ class Ring:
                 return FULL
             idle.idle(0)
 
-    def free_slots(self) -> int:
+    def free_slots(self, want: int | None = None) -> int:
+        """Slots the producer may write now; with ``want``, the consumer cursors are
+        re-read only if the cached slowest cursor shows fewer than ``want`` free."""
         if self.policy == POLICY_OVERWRITE:
             return self.capacity
-        return self.capacity - (int(self.ctrl[P_PUBLISH]) - self._min_cursor())
+        ctrl = self.ctrl
+        free = self.capacity - (int(ctrl[P_PUBLISH]) - int(ctrl[P_GATE]))
+        if want is None or free < want:
+            ctrl[P_GATE] = self._min_cursor()
+            free = self.capacity - (int(ctrl[P_PUBLISH]) - int(ctrl[P_GATE]))
+        return free
 
     def claim(self, n: int) -> np.ndarray | None:
         """Reserve up to ``n`` contiguous slots and return them to write in place; ``None`` when full.
@@ -546,7 +561,7 @@ class Ring:
         seq = int(self.ctrl[P_PUBLISH])
         n = min(n, self.capacity - (seq & self.mask))
         if self.policy == POLICY_BLOCK:
-            n = min(n, self.free_slots())
+            n = min(n, self.free_slots(n))
             if n <= 0:
                 self.ctrl[P_STALLS] += 1
                 return None

@@ -41,7 +41,7 @@ def test_attach_with_other_layout_version_is_refused(instance):
     name = segment_name(instance, "ver")
     with Ring.create(name, BENCH, 16, 1) as r:
         r.ctrl[H_VERSION] = 99
-        with pytest.raises(RingMismatchError, match="layout version: segment 99, this code 1"):
+        with pytest.raises(RingMismatchError, match="layout version: segment 99, this code 2"):
             Ring.attach(name, BENCH, 0)
 
 
