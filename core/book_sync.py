@@ -186,7 +186,7 @@ def sync_diff_applied(sync, resync, keys, qtys, count, sym, last_id, diag, diag_
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def apply_level(keys, qtys, count, sync, sym, kind, px, qty):
     """Apply one diff level record (MD_DEPTH_NONE carries none)."""
     if kind == MD_DEPTH_BID:

@@ -311,7 +311,7 @@ def _on_trade(rec, sym, sync, bars, intervals, params, out, k):
     return k + 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _on_depth(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, diag, diag_n):
     kind = rec.kind
     first_id = rec.first_id
