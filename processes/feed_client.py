@@ -47,6 +47,7 @@ import numpy as np
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from core.decode import CONTROL_ERROR, CONTROL_SHUTDOWN, Decoder
+from core.venue import depth_weight  # noqa: F401 - re-exported for callers of this module
 from core.records import (
     FLAG_BEGIN,
     FLAG_END,
@@ -64,15 +65,6 @@ MIN_RETRY_AFTER_S = 0.5  # a 429/418 with "Retry-After: 0" must still not be ans
 SNAPSHOT_ATTEMPTS = 4  # 5xx / transport failures per snapshot before STATUS_SNAPSHOT_FAILED (then retried later)
 
 
-def depth_weight(limit: int) -> int:
-    """REQUEST_WEIGHT of GET /api/v3/depth for ``limit`` (Binance, since 2023-10-19)."""
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
 
 @dataclass(frozen=True, kw_only=True)
 class FeedSettings:

@@ -39,6 +39,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from core.errors import ConfigError
 from core.fixedpoint import from_fixed, to_fixed
+from core.venue import depth_weight
 from processes.simulator.config import FaultConfig, SimulatorConfig, SymbolSpec, resolve_symbols
 from processes.simulator.faults import ACT_ABORT, ACT_CLOSE, ConnectionFaults, FaultStats, rest_error_body
 from processes.simulator import market_kernels as mk
@@ -54,17 +55,6 @@ DEPTH_MAX_LIMIT = 5000
 ROUTE_WEIGHTS = {"/api/v3/ping": 1, "/api/v3/time": 1, "/api/v3/exchangeInfo": 20}
 
 Frame = tuple[str, bytes]  # (canonical stream name, raw payload)
-
-
-def depth_weight(limit: int) -> int:
-    """Request weight of GET /api/v3/depth by limit (Binance, since 2023-10-19)."""
-    if limit <= 100:
-        return 5
-    if limit <= 500:
-        return 25
-    if limit <= 1000:
-        return 50
-    return 250
 
 
 def now_ms() -> int:
