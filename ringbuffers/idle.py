@@ -60,6 +60,10 @@ class BusySpin(_IdleClock):
 
     name = "busy_spin"
 
+    def __init__(self):
+        super().__init__()
+        nb_pause()  # load/compile the kernel now, not at the first empty poll of a live loop
+
     def idle(self, work_count: int) -> None:
         if work_count > 0:
             self._leave()
@@ -92,6 +96,7 @@ class Backoff(_IdleClock):
         self._sleep_ns = min_sleep_ns
         self.sleeps = 0
         set_timer_slack(1)
+        nb_pause()  # load/compile the kernel now, not at the first empty poll of a live loop
 
     def idle(self, work_count: int) -> None:
         if work_count > 0:
