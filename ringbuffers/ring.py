@@ -773,3 +773,8 @@ def remove_stale(instance: str | None = None) -> list[str]:
         except FileNotFoundError:
             pass
     return removed
+
+
+# The module-level spelling of the two constructors.
+create = Ring.create
+attach = Ring.attach
