@@ -756,7 +756,7 @@ class Supervisor:
     # -- main -----------------------------------------------------------------------------
 
     def run(self, duration_s: float | None = None) -> int:
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_ROOT / ".numba_cache"))
+        os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR") or PROJECT_ROOT / ".numba_cache")
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         forced = False

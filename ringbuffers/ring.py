@@ -711,6 +711,11 @@ class Ring:
         except FileNotFoundError:
             pass
 
+    def __del__(self):
+        # Unmap in a safe order (our int64 view first) when a handle is dropped unclosed.
+        if getattr(self, "_shm", None) is not None:
+            self.close()
+
     def __enter__(self):
         return self
 

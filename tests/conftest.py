@@ -14,7 +14,8 @@ from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
 
-os.environ.setdefault("NUMBA_CACHE_DIR", str(PROJECT_ROOT / ".numba_cache"))
+# Absolute, so processes that tests start in other working directories share the cache.
+os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR", PROJECT_ROOT / ".numba_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,7 @@ if __name__ == "__main__":
     p = mp.get_context("spawn").Process(target=spare_main, args=(cfg, cmd_q, evt_q, 1))
     p.start()
     while True:
-        m = evt_q.get(timeout=60)
+        m = evt_q.get(timeout=240)  # a cold numba cache compiles every worker's kernels first
         if m is None or m.get("type") == "spare_ready":
             print(json.dumps(m), flush=True)
             break
