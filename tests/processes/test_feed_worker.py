@@ -105,7 +105,7 @@ def test_full_block_ring_makes_the_feed_wait_and_nothing_is_lost_or_reordered(in
                 ctx.pending.append({"type": "resync", "symbol": 1})
                 while client.stats.snapshots < 3 and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.5)  # ~15 more 100 ms diffs per symbol after the last snapshot
                 sim.source.paused = True
                 await asyncio.sleep(0.5)
                 ctx.stop = True  # the control task sees it within a few ms and stops the client
