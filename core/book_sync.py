@@ -142,6 +142,22 @@ def sync_decide(sync, sym, first_id, last_id):
 
 
 @nb.njit(cache=True, nogil=True)
+def sync_on_break(sync, resync, sym):
+    """A diff that neither bridges nor chains (``sync_decide`` said ACT_BREAK).
+
+    Waiting for the bridge, it means the snapshot is older than the diffs
+    (fetch again, as the procedure says); on a synced book it is a gap. Either
+    way it is counted and the symbol goes INVALID with a resync requested.
+    """
+    if sync[sym, S_STATE] == ST_AWAIT_BRIDGE:
+        sync[sym, C_SNAP_TOO_OLD] += 1
+        sync_set_invalid(sync, resync, sym, REASON_SNAPSHOT_TOO_OLD)
+    else:
+        sync[sym, C_CHAIN_BREAKS] += 1
+        sync_set_invalid(sync, resync, sym, REASON_GAP)
+
+
+@nb.njit(cache=True, nogil=True)
 def sync_set_invalid(sync, resync, sym, reason):
     """Leave the synced path: wait for a new snapshot and ask the feed for one.
 
@@ -219,12 +235,7 @@ def sync_replay_buffer(sync, resync, buf, keys, qtys, count, sym, diag, diag_n):
         last_id = b[i].last_id
         act = sync_decide(sync, sym, first_id, last_id)
         if act == ACT_BREAK:
-            if sync[sym, S_STATE] == ST_AWAIT_BRIDGE:
-                sync[sym, C_SNAP_TOO_OLD] += 1
-                sync_set_invalid(sync, resync, sym, REASON_SNAPSHOT_TOO_OLD)
-            else:
-                sync[sym, C_CHAIN_BREAKS] += 1
-                sync_set_invalid(sync, resync, sym, REASON_GAP)
+            sync_on_break(sync, resync, sym)
             m = n - i
             for t in range(m):
                 b[t] = b[i + t]

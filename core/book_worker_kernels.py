@@ -71,7 +71,6 @@ from core.book_sync import (
     ACT_NONE,
     C_BUF_OVERFLOW,
     C_BUFFERED,
-    C_CHAIN_BREAKS,
     C_LAPPED,
     C_LATE_TRADES,
     C_LEVEL_OVERFLOW,
@@ -80,18 +79,15 @@ from core.book_sync import (
     C_SNAP_APPLIED,
     C_SNAP_FAILED,
     C_SNAP_IGNORED,
-    C_SNAP_TOO_OLD,
     C_STALE,
     C_TICKERS,
     C_TRADES,
     COUNTER_NAMES,
     REASON_BUFFER_OVERFLOW,
-    REASON_GAP,
     REASON_LAPPED,
     REASON_MALFORMED,
     REASON_NAMES,
     REASON_RECONNECT,
-    REASON_SNAPSHOT_TOO_OLD,
     S_BOOK_ID,
     S_BUF_N,
     S_CUR_ACT,
@@ -119,6 +115,7 @@ from core.book_sync import (
     apply_level,
     sync_decide,
     sync_diff_applied,
+    sync_on_break,
     sync_replay_buffer,
     sync_set_invalid,
 )
@@ -328,12 +325,9 @@ def _on_depth(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, di
         else:
             act = sync_decide(sync, sym, first_id, last_id)
             if act == ACT_BREAK:
-                if sync[sym, S_STATE] == ST_SYNCED:
-                    sync[sym, C_CHAIN_BREAKS] += 1
-                    _invalidate(sync, resync, sym, REASON_GAP)
-                else:
-                    sync[sym, C_SNAP_TOO_OLD] += 1
-                    _invalidate(sync, resync, sym, REASON_SNAPSHOT_TOO_OLD)
+                sync_on_break(sync, resync, sym)
+                sync[sym, S_BUF_N] = 0  # the buffer restarts with this (breaking) diff
+                sync[sym, S_CUR_ACT] = ACT_NONE
                 k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
                 act = ACT_BUFFER  # the breaking diff is the first one the next snapshot needs
             elif act == ACT_DROP:
