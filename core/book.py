@@ -112,6 +112,18 @@ def _compact(k, q, n):
     return m
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _insert_at(k, q, i, end, key, qty):
+    """Move k/q[i:end] one slot up (slot ``end`` is free or a tombstone) and put the level at ``i``."""
+    j = end
+    while j > i:
+        k[j] = k[j - 1]
+        q[j] = q[j - 1]
+        j -= 1
+    k[i] = key
+    q[i] = qty
+
+
 @nb.njit(cache=True, nogil=True)
 def book_set_level(keys, qtys, count, sym, side, px, qty):
     """Set the absolute quantity of one level; ``qty == 0`` removes it. Returns SET_*."""
@@ -157,14 +169,7 @@ def book_set_level(keys, qtys, count, sym, side, px, qty):
         while up < hi or down >= lo:
             if up < hi:
                 if q[up] == 0:
-                    # move k[i:up] one slot up, new level at i
-                    j = up
-                    while j > i:
-                        k[j] = k[j - 1]
-                        q[j] = q[j - 1]
-                        j -= 1
-                    k[i] = key
-                    q[i] = qty
+                    _insert_at(k, q, i, up, key, qty)  # the tombstone at ``up`` is overwritten
                     count[sym, 2 + side] -= 1
                     return SET_INSERTED
                 up += 1
@@ -185,13 +190,7 @@ def book_set_level(keys, qtys, count, sym, side, px, qty):
         count[sym, 2 + side] = 0
         i = _lower_bound(k, n, key)
     if n < cap:
-        j = n
-        while j > i:
-            k[j] = k[j - 1]
-            q[j] = q[j - 1]
-            j -= 1
-        k[i] = key
-        q[i] = qty
+        _insert_at(k, q, i, n, key, qty)
         count[sym, side] = n + 1
         # many tombstones make every scan longer: squeeze them out now and then
         t = count[sym, 2 + side]
