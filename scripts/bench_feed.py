@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -58,6 +57,7 @@ from core.decode import Decoder  # noqa: E402
 from core.decode_kernels import make_state, nb_decode_frame  # noqa: E402
 from core.records import MD_EVENT  # noqa: E402
 from ringbuffers.ring import Ring, segment_name  # noqa: E402
+from _machine import machine  # noqa: E402  (scripts/ is sys.path[0])
 
 # Real frames, byte for byte, from ../shared/data/hftbacktest/btcusdt_20240808.gz
 # (line 703: the first depth diff there with exactly 10 bids and 10 asks;
@@ -100,25 +100,7 @@ def time_loop(fn: Callable[[], None], iterations: int, repeat: int) -> tuple[flo
 
 
 def machine_info() -> dict:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "logical_cpus": os.cpu_count(),
-        "allowed_cpus": sorted(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "numba": nb.__version__,
-        "numpy": np.__version__,
-        "orjson": orjson.__version__,
-        "load_avg_at_start": list(os.getloadavg()),
-    }
+    return {**machine(), "orjson": orjson.__version__}
 
 
 # ---------------------------------------------------------------------------

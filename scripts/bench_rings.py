@@ -59,7 +59,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import shutil
 import struct
@@ -91,6 +90,7 @@ from ringbuffers.clock import (  # noqa: E402
     tsc_is_invariant,
 )
 from ringbuffers.idle import Backoff, BusySpin, set_timer_slack  # noqa: E402
+from _machine import machine  # noqa: E402  (scripts/ is sys.path[0])
 from ringbuffers.ring import (  # noqa: E402
     FULL,
     H_CAPACITY,
@@ -868,15 +868,6 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.9, sample_s: float = 
 
 
 def machine_info() -> dict:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     try:
         with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
             clocksource = f.read().strip()
@@ -893,21 +884,14 @@ def machine_info() -> dict:
 
     prod_cpu, cons_cpu = bench_cpus()
     return {
-        "cpu_model": model,
-        "logical_cpus": os.cpu_count(),
-        "allowed_cpus": sorted(os.sched_getaffinity(0)),
+        **machine(),
         "producer_cpu": prod_cpu,
         "consumer_cpu": cons_cpu,
-        "kernel": platform.release(),
         "clocksource": clocksource,
         "tsc_invariant": tsc_is_invariant(),
-        "python": platform.python_version(),
-        "numba": nb.__version__,
-        "numpy": np.__version__,
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "faster_fifo": version("faster-fifo"),
-        "load_avg_at_start": list(os.getloadavg()),
         "cpu_idle_at_start": cpu_idle_fraction(),
     }
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -30,27 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+from _machine import machine  # scripts/ is sys.path[0]
+
 ROOT = Path(__file__).resolve().parents[1]
 HOPS = ("feed", "md->book", "book->signal", "signal->risk", "risk->execution", "end_to_end",
         "book->risk", "book->execution", "reports->risk")
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import numba
-    import numpy
-
-    return {"cpu": model or platform.processor(), "cpus_online": os.cpu_count(),
-            "cpus_allowed": sorted(os.sched_getaffinity(0)), "kernel": platform.release(),
-            "python": platform.python_version(), "numpy": numpy.__version__, "numba": numba.__version__,
-            "loadavg_at_start": list(os.getloadavg())}
 
 
 def profile(args) -> dict:
@@ -124,8 +107,8 @@ def profile(args) -> dict:
 
 def show(r: dict) -> str:
     m = r["machine"]
-    out = [f"machine: {m['cpu']}; {m['cpus_online']} CPUs (allowed {m['cpus_allowed']}); kernel {m['kernel']}; "
-           f"python {m['python']} numpy {m['numpy']} numba {m['numba']}; load {m['loadavg_at_start']}",
+    out = [f"machine: {m['cpu_model']}; {m['logical_cpus']} CPUs (allowed {m['allowed_cpus']}); kernel {m['kernel']}; "
+           f"python {m['python']} numpy {m['numpy']} numba {m['numba']}; load {m['load_avg_at_start']}",
            f"config {r['config']}  rate {r['rate_per_s']}/s  flow {r['flow_s']} s  cold start {r['cold_start_ms']} ms",
            "throughput (records/s): " + "  ".join(f"{k}={v}" for k, v in r["throughput_per_s"].items()),
            f"{'hop (us)':<17}{'count':>9}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}"]

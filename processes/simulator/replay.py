@@ -40,7 +40,6 @@ from core.recordings import (
     KIND_WS,
     Frame,
     ReaderStats,
-    iter_frames,
     iter_recording_dir,
     iter_session,
 )
