@@ -213,7 +213,7 @@ class FeedClient:
         self.stats.connects += 1
         self._first_diff_seen.clear()
         # every book is unknown after a (re)connect: tell the book, then resync all
-        self._publish_status_all(STATUS_RECONNECTED)
+        self._publish_status(range(len(self.symbols)), STATUS_RECONNECTED)
         self._resync_wanted.update(range(len(self.symbols)))
         self._resync_event.set()
         log.info("feed: connected to %s (%d symbols, %d streams)", self.settings.ws_url, len(self.symbols),
@@ -270,25 +270,16 @@ class FeedClient:
             if count:
                 de[kind] = count
 
-    def _publish_status_all(self, code: int) -> None:
-        recs = np.zeros(len(self.symbols), MD_EVENT)
+    def _publish_status(self, symbol_ids, code: int) -> None:
+        """One MD_STATUS record (``code`` in aux) per symbol id."""
+        recs = np.zeros(len(symbol_ids), MD_EVENT)
         recs["recv_ns"] = self.clock()
         recs["kind"] = MD_STATUS
         recs["flags"] = FLAG_BEGIN | FLAG_END
         recs["aux"] = code
-        recs["symbol"] = np.arange(len(self.symbols))
+        recs["symbol"] = symbol_ids
         self.publish(recs)
         self.stats.records += len(recs)
-
-    def _publish_status(self, sid: int, code: int) -> None:
-        rec = np.zeros(1, MD_EVENT)
-        rec["recv_ns"] = self.clock()
-        rec["kind"] = MD_STATUS
-        rec["flags"] = FLAG_BEGIN | FLAG_END
-        rec["aux"] = code
-        rec["symbol"] = sid
-        self.publish(rec)
-        self.stats.records += 1
 
     # -- control --------------------------------------------------------------
 
@@ -419,7 +410,7 @@ class FeedClient:
                 ok = await self._fetch_snapshot(sid)
                 if not ok:
                     self._resync_wanted.add(sid)
-                    self._publish_status(sid, STATUS_SNAPSHOT_FAILED)
+                    self._publish_status([sid], STATUS_SNAPSHOT_FAILED)
                     self._recheck_later(self._rest_wait())
 
     def _rest_wait(self) -> float:
