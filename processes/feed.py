@@ -271,6 +271,7 @@ def run_synthetic(config, ctx) -> None:
     src.generate(scratch, 16)  # warm the generator kernel before ready
     src = make_source(config)  # ...and restart from the seed
     batch = ctx.process.batch
+    wrap = np.zeros(batch, MD_EVENT)  # scratch for a message that straddles the ring's wrap point
     ctx.ready()
     for sym in range(src.n_symbols):
         _publish_all(ctx, out, src.snapshot(sym), hop)
@@ -293,7 +294,6 @@ def run_synthetic(config, ctx) -> None:
                     # messages only: a message that straddles the wrap goes through
                     # a scratch buffer and publish_batch, which wraps.
                     out.commit(0)
-                    wrap = np.zeros(n, MD_EVENT)
                     k = src.generate(wrap, n)
                     _publish_all(ctx, out, wrap[:k], hop)
                     published += k
