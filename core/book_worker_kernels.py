@@ -622,6 +622,42 @@ class BookEngine:
         log.warning("all books invalidated (%s): resync requested for %d symbols", names, self.config.n_symbols)
         return self.out[:k].copy()
 
+    # -- the stage's entry points: write into a caller's array (ring slots or scratch) --------------------------
+
+    def process_into(self, md: np.ndarray, n: int, dst: np.ndarray, start: int) -> tuple[int, int]:
+        """Process up to ``n`` records of ``md`` into ``dst[start:]``: (records consumed, events written)."""
+        consumed, k = process_md_batch(md, n, self.keys, self.qtys, self.count, self.sync, self.resync, self.buf,
+                                       self.bars, self.intervals, self.params, self.gstat, dst, start,
+                                       self._no_diag, self._diag_n)
+        return int(consumed), int(k)
+
+    def timer_into(self, now_exch_ms: int, now_ns: int, dst: np.ndarray, start: int) -> tuple[bool, int]:
+        """Close due bars into ``dst[start:]``: (all due bars closed, events written)."""
+        done, k = on_timer(np.int64(now_exch_ms), np.int64(now_ns), self.sync, self.bars, self.intervals,
+                           self.params, self.gstat, dst, start)
+        return bool(done), int(k)
+
+    def invalidate_all_into(self, reason: int, now_ns: int, dst: np.ndarray, start: int) -> int:
+        """Invalidate every book, one BK_TOP per symbol into ``dst[start:]``; returns events written."""
+        return int(mark_all_invalid(np.int64(reason), np.int64(now_ns), self.keys, self.qtys, self.count,
+                                    self.sync, self.resync, dst, start))
+
+    def reason_name(self, sym: int) -> str:
+        return REASON_NAMES.get(int(self.sync[sym, S_REASON]), "unknown")
+
+    def invalid_mask(self) -> np.ndarray:
+        return self.sync[:, S_STATE] != ST_SYNCED
+
+    def books_valid(self) -> int:
+        return int(np.count_nonzero(self.sync[:, S_STATE] == ST_SYNCED))
+
+    def totals(self) -> dict[str, int]:
+        """Per-symbol counters summed over symbols, plus the global ones."""
+        t = {name: int(self.sync[:, col].sum()) for name, col in COUNTER_NAMES.items()}
+        t["bad_symbol"] = int(self.gstat[G_BAD_SYMBOL])
+        t["bad_kind"] = int(self.gstat[G_BAD_KIND])
+        return t
+
     def take_resync_requests(self) -> list[int]:
         """Symbols that need a fresh snapshot; clears the flags."""
         syms = np.flatnonzero(self.resync).tolist()
