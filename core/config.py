@@ -19,7 +19,7 @@ Rules
   single underscores), case-insensitive. The value is parsed as JSON when it
   parses (``5``, ``true``, ``[0,1]``, ``"x"``), else taken as a plain string.
   Examples: ``RINGTRADER__RISK__MAX_POSITION_SIZE=0.5``,
-  ``RINGTRADER__PROCESSES__FEED__CPUS=[1]``, ``RINGTRADER__MODE=paper``.
+  ``RINGTRADER__PLACEMENT__FEED__CPUS=[1]``, ``RINGTRADER__MODE=paper``.
   An override goes through the same validation; its error names the variable.
 - Secrets (API key and secret) are never read from the file (a key named
   like one is rejected with a pointer to the environment variable). They are
@@ -31,27 +31,26 @@ Rules
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from core.errors import ConfigError, FixedPointError
 from core.fixedpoint import to_fixed
 
 MODES = ("sim", "paper", "live")
 MD_SOURCES = ("exchange", "synthetic")
-IDLE_STRATEGIES = ("backoff", "busy_spin")
+IDLE_STRATEGIES = ("backoff", "busy_spin", "futex")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 RING_POLICIES = ("block", "overwrite")
 
-#: pipeline workers in pipeline order (shutdown order), then the optional simulator
-PIPELINE = ("feed", "book", "signal", "risk", "execution")
-WORKERS = PIPELINE + ("simulator",)
+#: pipeline stages in pipeline order: every process runs its stages in this order in one duty cycle
+STAGES = ("feed", "book", "signal", "risk", "execution")
+PIPELINE = STAGES
+#: the optional local exchange: a process of the placement, not a stage (it is the venue, not the pipeline)
+SIMULATOR = "simulator"
 
 #: ring name -> (dtype name in core.records, producer, consumers in consumer-index order)
 RINGS = {
@@ -63,6 +62,13 @@ RINGS = {
 }
 #: rings that carry orders or their consequences: never dropped, so never ``overwrite``
 ORDER_RINGS = ("signals", "orders", "reports")
+#: a stage's event type -> the stage that acts on it (the supervisor forwards it as a command to that stage's
+#: process): the book asks the feed for a snapshot; an operator or the breaker halts risk; cancel-all goes to
+#: execution
+EVENT_ROUTES = {"resync": "feed", "halt": "risk", "cancel_all": "execution"}
+#: stages driven by their own event loop (they sleep in epoll on a socket, not in an idle strategy): each must
+#: be the only stage of its process
+LOOP_STAGES = ("feed",)
 
 ENV_PREFIX = "RINGTRADER__"
 _SECRET_KEYS = ("api_key", "api_secret", "secret", "secret_key", "private_key")
@@ -152,32 +158,47 @@ class ExecutionConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class IdleConfig:
-    strategy: str = "backoff"  # "backoff" (shared cores) | "busy_spin" (dedicated core)
-    spins: int = 100  # backoff: empty polls with PAUSE before yielding
-    yields: int = 50  # backoff: sched_yield calls before sleeping
+    strategy: str = "backoff"  # "backoff" (shared cores) | "busy_spin" (dedicated core) | "futex" (sleep on md)
+    spins: int = 100  # backoff/futex: empty polls with PAUSE before yielding
+    yields: int = 50  # backoff/futex: sched_yield calls before sleeping
     min_sleep_us: int = 20  # backoff: first sleep
-    max_sleep_us: int = 1000  # backoff: longest sleep (bounds wake-up latency when idle)
+    max_sleep_us: int = 1000  # backoff: longest sleep; futex: longest wait (housekeeping still runs this often)
 
-    def make(self):
-        """A fresh idle strategy object for a worker loop."""
+    def make(self, rings=()):
+        """A fresh idle strategy object for a process's duty cycle.
+
+        ``rings``: the consumer rings fed from other processes; the futex
+        strategy sleeps on the publish cursor of the one external input (with
+        several it behaves like backoff, see ``ringbuffers.idle``).
+        """
         from ringbuffers.idle import make_idle
 
         if self.strategy == "busy_spin":
             return make_idle("busy_spin")
+        if self.strategy == "futex":
+            return make_idle("futex", rings=list(rings), spins=self.spins, yields=self.yields,
+                             max_sleep_ns=self.max_sleep_us * 1000)
         return make_idle("backoff", spins=self.spins, yields=self.yields,
                          min_sleep_ns=self.min_sleep_us * 1000, max_sleep_ns=self.max_sleep_us * 1000)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
-    name: str  # worker name (feed, book, signal, risk, execution, simulator)
-    cpus: tuple[int, ...]  # CPUs the worker is pinned to (os.sched_setaffinity)
+    """One process of the ``placement``: the stages it hosts, where it runs and how it idles."""
+
+    name: str  # process name (e.g. "feed", "engine", "simulator"); names its log lines and metrics
+    stages: tuple[str, ...] = ()  # stages it runs, in pipeline order, in one duty cycle; () for the simulator
+    cpus: tuple[int, ...]  # CPUs the process is pinned to (os.sched_setaffinity)
     idle: IdleConfig = field(default_factory=IdleConfig)
     rt_priority: int | None = None  # SCHED_FIFO priority 1..99, None = normal scheduling
-    mlockall: bool = False  # lock the worker's memory (needs CAP_IPC_LOCK or a high RLIMIT_MEMLOCK)
-    module: str = ""  # module with run(config, ctx); default "processes.<name>"
-    batch: int = 256  # most records taken from an input ring per poll
+    mlockall: bool = False  # lock the process's memory (needs CAP_IPC_LOCK or a high RLIMIT_MEMLOCK)
+    modules: dict = field(default_factory=dict)  # stage -> module with make_stage(config, ctx) (default processes.<stage>)
+    module: str = ""  # the simulator's module (run(config, ctx)); "" for stage processes
+    batch: int = 256  # most records a stage takes from one input ring per duty cycle
     enabled: bool = True  # only the simulator may be disabled
+
+    def stage_module(self, stage: str) -> str:
+        return self.modules.get(stage, f"processes.{stage}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,7 +210,7 @@ class RingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SupervisorConfig:
-    ready_timeout_s: float = 60.0  # every worker must say ready within this (cold numba compile included)
+    ready_timeout_s: float = 300.0  # every process must say ready within this (a cold numba compile on a loaded 2-CPU host included)
     heartbeat_interval_ms: int = 200  # how often workers send a heartbeat
     heartbeat_timeout_s: float = 5.0  # a ready worker silent this long is hung: killed and restarted
     max_restarts: int = 5  # more restarts than this within restart_window_s -> shutdown, exit 1
@@ -225,16 +246,28 @@ class SystemConfig:
     signal: SignalConfig
     risk: RiskConfig
     execution: ExecutionConfig
-    processes: dict  # name -> ProcessConfig (every entry of WORKERS)
+    placement: dict  # process name -> ProcessConfig, in pipeline order of their first stage, simulator last
     rings: dict  # name -> RingConfig (every entry of RINGS)
     supervisor: SupervisorConfig
     metrics: MetricsConfig
     logging: LoggingConfig
-    simulator: Any  # processes.simulator.config.SimulatorConfig when available, else the raw mapping
+    simulator: dict  # the simulator's own section, validated by the simulator (processes.simulator.config)
     source_path: str = ""  # the file this was loaded from
 
     def process(self, name: str) -> ProcessConfig:
-        return self.processes[name]
+        return self.placement[name]
+
+    def process_of(self, stage: str) -> ProcessConfig:
+        """The process that hosts ``stage``."""
+        for p in self.placement.values():
+            if stage in p.stages:
+                return p
+        raise KeyError(stage)
+
+    @property
+    def simulator_enabled(self) -> bool:
+        p = self.placement.get(SIMULATOR)
+        return self.mode == "sim" and p is not None and p.enabled
 
     def symbol_ids(self) -> dict[str, int]:
         return {i.symbol: i.id for i in self.instruments}
@@ -488,7 +521,7 @@ def _execution(s: _Section) -> ExecutionConfig:
     return cfg
 
 
-def _process(name: str, s: _Section, host_cpus) -> ProcessConfig:
+def _cpus(s: _Section, host_cpus) -> tuple[int, ...]:
     cpus = s.raw("cpus")
     if not isinstance(cpus, list) or not cpus:
         raise ConfigError(s.p("cpus"), f"must be a non-empty array of CPU ids, got {_show(cpus)}")
@@ -500,7 +533,10 @@ def _process(name: str, s: _Section, host_cpus) -> ProcessConfig:
                                                      f"(allowed: {sorted(host_cpus)})")
     if len(set(cpus)) != len(cpus):
         raise ConfigError(s.p("cpus"), f"lists a CPU twice: {_show(cpus)}")
-    i = s.section("idle")
+    return tuple(cpus)
+
+
+def _idle(i: _Section) -> IdleConfig:
     di = IdleConfig()
     idle = IdleConfig(
         strategy=i.str("strategy", di.strategy, choices=IDLE_STRATEGIES),
@@ -512,34 +548,100 @@ def _process(name: str, s: _Section, host_cpus) -> ProcessConfig:
     if idle.max_sleep_us < idle.min_sleep_us:
         raise ConfigError(i.p("max_sleep_us"), f"must be >= min_sleep_us ({idle.min_sleep_us}), got {idle.max_sleep_us}")
     i.finish()
-    enabled = s.bool("enabled", True)
-    if not enabled and name != "simulator":
-        raise ConfigError(s.p("enabled"), "only the simulator can be disabled; the pipeline needs every worker")
+    return idle
+
+
+def _process(name: str, s: _Section, host_cpus) -> ProcessConfig:
+    """One ``placement`` entry hosting stages."""
+    stages = s.raw("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(s.p("stages"), f"must be a non-empty array of stage names ({', '.join(STAGES)}), "
+                                         f"got {_show(stages)}")
+    for j, st in enumerate(stages):
+        if st not in STAGES:
+            raise ConfigError(f"{s.p('stages')}[{j}]", f"must be one of {', '.join(STAGES)}, got {_show(st)}")
+    if len(set(stages)) != len(stages):
+        raise ConfigError(s.p("stages"), f"lists a stage twice: {_show(stages)}")
+    for st in LOOP_STAGES:
+        if st in stages and len(stages) > 1:
+            raise ConfigError(s.p("stages"), f"stage {st} runs its own event loop (it sleeps on its socket) and "
+                                             f"must be alone in its process, got {_show(stages)}")
+    modules = s.raw("modules", {})
+    if not isinstance(modules, dict):
+        raise ConfigError(s.p("modules"), f"must be an object (stage -> module), got {_tname(modules)}")
+    for st, mod in modules.items():
+        if st not in stages:
+            raise ConfigError(f"{s.p('modules')}.{st}", f"is not a stage of this process ({', '.join(stages)})")
+        if not isinstance(mod, str) or not _MODULE_RE.match(mod):
+            raise ConfigError(f"{s.p('modules')}.{st}", f"must be a module name, got {_show(mod)}")
     cfg = ProcessConfig(
         name=name,
-        cpus=tuple(cpus),
-        idle=idle,
+        stages=tuple(sorted(stages, key=STAGES.index)),  # the duty cycle runs them in pipeline order
+        cpus=_cpus(s, host_cpus),
+        idle=_idle(s.section("idle")),
         rt_priority=s.int("rt_priority", None, lo=1, hi=99, nullable=True),
         mlockall=s.bool("mlockall", False),
-        module=s.str("module", f"processes.{name}", pattern=_MODULE_RE),
+        modules=dict(modules),
         batch=s.int("batch", 256, lo=1, hi=65536),
-        enabled=enabled,
     )
     s.finish()
     return cfg
 
 
-def _processes(s: _Section, mode: str, host_cpus) -> dict:
-    out = {}
-    for name in WORKERS:
-        if name == "simulator" and not s.has(name):
-            # only needed in sim mode; default placement: anywhere, low priority
-            out[name] = ProcessConfig(name=name, cpus=tuple(sorted(host_cpus or {0})), module="processes.simulator",
-                                      enabled=(mode == "sim"))
+def _simulator_process(s: _Section, mode: str, host_cpus) -> ProcessConfig:
+    cfg = ProcessConfig(
+        name=SIMULATOR,
+        cpus=_cpus(s, host_cpus),
+        idle=_idle(s.section("idle")),
+        rt_priority=s.int("rt_priority", None, lo=1, hi=99, nullable=True),
+        mlockall=s.bool("mlockall", False),
+        module=s.str("module", "processes.simulator", pattern=_MODULE_RE),
+        enabled=s.bool("enabled", True),
+    )
+    s.finish()
+    return cfg
+
+
+_PROCESS_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def _placement(s: _Section, mode: str, host_cpus) -> dict:
+    """``placement``: process name -> stages, CPUs, priority, idle. Every stage in exactly one process."""
+    procs = []
+    seen: dict[str, str] = {}
+    for name in s.data:
+        if name.startswith("_comment"):
             continue
-        out[name] = _process(name, s.section(name, required=True), host_cpus)
+        if not _PROCESS_NAME_RE.match(name):
+            raise ConfigError(s.p(name), "is not a valid process name (lower-case letters, digits, _)")
+        if name == SIMULATOR:
+            continue
+        p = _process(name, s.section(name, required=True), host_cpus)
+        for st in p.stages:
+            if st in seen:
+                raise ConfigError(s.p(f"{name}.stages"), f"stage {st} is already placed in process {seen[st]}")
+            seen[st] = name
+        procs.append(p)
+    missing = [st for st in STAGES if st not in seen]
+    if missing:
+        raise ConfigError(s.path, f"places no process for stage(s) {', '.join(missing)}: every stage needs one")
+    procs.sort(key=lambda p: STAGES.index(p.stages[0]))
+    out = {p.name: p for p in procs}
+    if s.has(SIMULATOR):
+        out[SIMULATOR] = _simulator_process(s.section(SIMULATOR), mode, host_cpus)
+    else:  # only needed in sim mode; default placement: anywhere, normal priority
+        out[SIMULATOR] = ProcessConfig(name=SIMULATOR, cpus=tuple(sorted(host_cpus or {0})),
+                                       module="processes.simulator", enabled=(mode == "sim"))
     s.finish()
     return out
+
+
+def _placement_section(top: _Section) -> _Section:
+    if top.has("processes"):
+        top.raw("processes")
+        raise ConfigError("processes", "was replaced by \"placement\": process name -> {\"stages\": [...], "
+                                       "\"cpus\": [...], \"idle\": {...}} (see config/system.json)")
+    return top.section("placement", required=True)
 
 
 def _rings(s: _Section) -> dict:
@@ -594,18 +696,14 @@ def _logging(s: _Section) -> LoggingConfig:
 
 
 def _simulator(raw):
-    """The simulator owns its keys: hand the mapping to its loader when it exists."""
+    """The simulator section, kept as the raw mapping.
+
+    The system does not depend on its test exchange: the simulator owns and
+    validates its own keys (``processes.simulator.config.SimulatorConfig``);
+    the supervisor has it do so before anything starts, in sim mode.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("simulator", f"must be an object, got {_tname(raw)}")
-    try:
-        spec = importlib.util.find_spec("processes.simulator.config")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None:
-        mod = importlib.import_module("processes.simulator.config")
-        loader = getattr(getattr(mod, "SimulatorConfig", None), "from_dict", None)
-        if loader is not None:
-            return loader(raw, path="simulator")
     return copy.deepcopy(raw)
 
 
@@ -662,7 +760,7 @@ def parse_config(data, *, host_cpus=None, source_path: str = "") -> SystemConfig
         signal=_signal(top.section("signal")),
         risk=_risk(top.section("risk", required=True)),
         execution=_execution(top.section("execution")),
-        processes=_processes(top.section("processes", required=True), mode, host_cpus),
+        placement=_placement(_placement_section(top), mode, host_cpus),
         rings=_rings(top.section("rings", required=True)),
         supervisor=_supervisor(top.section("supervisor")),
         metrics=_metrics(top.section("metrics")),

@@ -1,4 +1,4 @@
-"""Book worker: ``md`` ring in, L2 books + sync + bars, ``book`` ring out.
+"""Book stage: ``md`` ring in, L2 books + sync + bars, ``book`` ring out.
 
 Per symbol it keeps the L2 book, the Binance diff-depth sync state machine
 and the time bars (all in ``core.book_worker_kernels.BookEngine``), and
@@ -7,19 +7,19 @@ of the book state (``state`` says VALID/INVALID, so nothing downstream acts on
 an invalid book), ``BK_DEPTH`` top-10 snapshots at ``book.depth_throttle_ms``,
 ``BK_TRADE`` for every trade and ``BK_BAR`` for every closed bar.
 
-Loop (one pass = one md batch)
-------------------------------
+Duty cycle (``do_work`` = one md batch; ``processes.stage``)
+-------------------------------------------------------------
 1. ``md.poll(batch)``. Under the ``overwrite`` policy a lapped poll reports
    ``lost > 0``: every book is marked INVALID (``REASON_LAPPED``) before the
    records after the gap are processed, and a resync is requested for every
    symbol.
-2. ``process_md_batch`` writes the events straight into slots claimed from
-   the ``book`` ring (claim -> kernel writes -> stamp ``pub_ns`` -> commit).
-   When the claim is too short to make progress (at the wrap point, or a
-   block ring with one or two free slots) the kernel writes into the engine's
-   scratch array, which ``publish_batch`` copies across the wrap. A full
-   ``block`` ring is waited out with the worker's idle strategy (the md
-   records stay unreleased, so the feed waits in turn): nothing is dropped.
+2. ``BookEngine.process_into`` writes the events straight into slots claimed
+   from the ``book`` ring through a ``RingWriter`` (claim -> kernel writes ->
+   stamp ``pub_ns`` -> commit). When the claim is too short to make progress
+   (at the wrap point, or a block ring with one or two free slots) the kernel
+   writes into the writer's scratch array, which is copied across the wrap.
+   A full ``block`` ring is waited out with the process's idle strategy (the
+   md records stay unreleased, so the feed waits in turn): nothing is dropped.
 3. Resync requests (``BookEngine.take_resync_requests``) become
    ``{"type": "resync", "symbol": id, "reason": name}`` events; the
    supervisor forwards them to the feed as ``{"type": "resync", "symbol": id}``
@@ -63,27 +63,14 @@ import time
 import numba as nb
 import numpy as np
 
-from core.book_sync import COUNTER_NAMES, REASON_LAPPED, REASON_NAMES, S_REASON, S_STATE, ST_SYNCED
-from core.book_worker_kernels import (
-    G_BAD_KIND,
-    G_BAD_SYMBOL,
-    OUT_RESERVE,
-    BookConfig,
-    BookEngine,
-    mark_all_invalid,
-    md_diff,
-    md_snapshot,
-    md_status,
-    md_trade,
-    on_timer,
-    process_md_batch,
-)
+from core.book_worker_kernels import OUT_RESERVE, REASON_LAPPED, BookConfig, BookEngine, md_diff, md_snapshot, md_status, md_trade
 from core.latency import nb_record, new_hist
-from core.records import BK_BAR, BK_DEPTH, BK_TOP, BK_TRADE, BOOK_VALID, FIXED_SCALE, STATUS_RECONNECTED
-from ringbuffers.ring import POLICY_BLOCK
+from core.records import BK_BAR, BK_DEPTH, BK_TOP, BK_TRADE, BOOK_EVENT, BOOK_VALID, FIXED_SCALE, STATUS_RECONNECTED
+from core.topology import ring_hop
+from processes.stage import RingWriter, Stage
 
 TIMER_PERIOD_NS = 20_000_000  # bar timer: a bar closes at most this long after end + watermark
-STATS_PERIOD_NS = 100_000_000  # counters are copied into ctx.stats this often (heartbeats send them)
+SLOW_PERIOD_NS = 100_000_000  # resync retries are checked this often
 RESYNC_RETRY_S = 5.0  # a symbol still INVALID this long after its last resync request is asked for again
 SCRATCH_EVENTS = 4096  # the engine's scratch output (the wrap-point / nearly-full path)
 
@@ -91,8 +78,9 @@ SCRATCH_EVENTS = 4096  # the engine's scratch output (the wrap-point / nearly-fu
 T_TOPS_INVALID = 0  # BK_* kinds are 1..4 and use their own index
 T_N = 8
 
-_ENGINE_COUNTERS = {("stale_dropped" if k == "stale" else k): col for k, col in COUNTER_NAMES.items()
-                    if k not in ("trades", "lapped")}  # trades: counted as published; lapped: per lap, not per symbol
+#: engine totals not reported under their own name: trades are counted as published; lapped per lap, not per symbol
+_RENAMED = {"stale": "stale_dropped"}
+_NOT_REPORTED = ("trades", "lapped")
 
 
 # ---------------------------------------------------------------------------
@@ -148,111 +136,76 @@ def warm(config) -> None:
                        bar_intervals_ms=cfg.bar_intervals_ms, bar_watermark_ms=cfg.bar_watermark_ms,
                        emit_empty_bars=cfg.emit_empty_bars, depth_throttle_ms=cfg.depth_throttle_ms)
     eng = BookEngine(small, out_capacity=64)
-    # The raw kernels on the engine's own output array: the worker calls them on ring slots of that same dtype
-    # (a concatenated copy would carry a different numba type and leave the worker's signature uncompiled).
+    # The engine's entry points on an array of the ring's record dtype: the stage calls them on ring slots and
+    # on its writer's scratch, both 1-D C-contiguous BOOK_EVENT arrays, so one signature covers both.
+    out = np.zeros(64, BOOK_EVENT)
     tally, hist = np.zeros(T_N, np.int64), new_hist()
     md = _warm_batch()
     i = 0
     while i < len(md):
-        consumed, k = process_md_batch(md[i:], len(md) - i, eng.keys, eng.qtys, eng.count, eng.sync, eng.resync,
-                                       eng.buf, eng.bars, eng.intervals, eng.params, eng.gstat, eng.out, 0,
-                                       np.zeros((0, 6), np.int64), np.zeros(1, np.int64))
-        eng.out["pub_ns"][:k] = 1
-        tally_events(eng.out, k, tally, hist)
+        consumed, k = eng.process_into(md[i:], len(md) - i, out, 0)
+        out["pub_ns"][:k] = 1
+        tally_events(out, k, tally, hist)
         i += consumed
-    on_timer(np.int64(1_700_000_200_000), np.int64(1), eng.sync, eng.bars, eng.intervals, eng.params, eng.gstat,
-             eng.out, 0)
-    mark_all_invalid(np.int64(REASON_LAPPED), np.int64(1), eng.keys, eng.qtys, eng.count, eng.sync, eng.resync,
-                     eng.out, 0)
+    eng.timer_into(1_700_000_200_000, 1, out, 0)
+    eng.invalidate_all_into(REASON_LAPPED, 1, out, 0)
     eng.take_resync_requests()
 
 
 # ---------------------------------------------------------------------------
-# The worker
+# The stage
 # ---------------------------------------------------------------------------
-class BookWorker:
-    """One book worker's loop state around a ``BookEngine`` (see the module docstring)."""
+class BookStage(Stage):
+    """The book stage around a ``BookEngine`` (see the module docstring)."""
 
     def __init__(self, config, ctx, engine: BookEngine | None = None):
         self.ctx = ctx
         if engine is None:
-            bc = book_config(config)
-            engine = BookEngine(bc, out_capacity=max(SCRATCH_EVENTS, bc.n_symbols))
+            engine = BookEngine(book_config(config), out_capacity=64)
         self.engine = engine
-        self._no_diag = np.zeros((0, 6), np.int64)  # the worker keeps no per-diff diagnostics
-        self._diag_n = np.zeros(1, np.int64)
         self.md = ctx.inputs["md"]
-        self.out = ctx.outputs["book"]
-        self.block = self.out.policy == POLICY_BLOCK
-        self.batch = ctx.process.batch
-        self.hist = ctx.latency.hop("md->book").h
-        self.tally = np.zeros(T_N, np.int64)
         self.n_sym = self.engine.config.n_symbols
+        self.out = RingWriter(ctx.outputs["book"], ctx, scratch=max(SCRATCH_EVENTS, 2 * self.n_sym))
+        self.block = self.out.block
+        self.batch = ctx.process.batch
+        self.hist = ctx.latency.hop(ring_hop("md", "book")).h
+        self.tally = np.zeros(T_N, np.int64)
         self.n_iv = len(self.engine.intervals)
         self.exch_anchor_ms = 0  # newest exch_ms seen in md...
         self.exch_anchor_ns = 0  # ...and the CLOCK_MONOTONIC ns it was processed at
         self.next_timer = 0
-        self.next_stats = 0
+        self.next_slow = 0
         self.laps = 0
         self.lost = 0
         self.md_records = 0
-        self.book_full = 0
         self.resyncs_requested = 0
         self.resync_pending: set[int] = set()  # symbols whose request is still to be sent
         self.resync_sent_at = np.full(self.n_sym, time.monotonic())  # last request (or start), monotonic s
-        self.stopping = False
         if ctx.incarnation > 1:
             # a restarted book has empty books and the feed does not know it
             self.resync_pending.update(self.engine.take_resync_requests())
         else:
             self.engine.take_resync_requests()  # the feed snapshots every symbol at its own start
 
-    # -- publishing ---------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self.out.stopping
 
-    def _claim(self, want: int, need: int):
-        """Slots to write into: a ring slice (direct), the scratch array, or None when stopping."""
-        while True:
-            dst = self.out.claim(min(want, self.out.capacity))
-            if dst is not None:
-                if len(dst) >= need:
-                    return dst, True
-                self.out.commit(0)  # too short to make progress (wrap point, nearly full): use the scratch path
-                return self.engine.out, False
-            self.book_full += 1  # block policy, ring full: wait for the slowest consumer, never drop
-            if self._wait_or_stop():
-                return None, False
+    def on_start(self) -> None:
+        self.resync_sent_at[:] = time.monotonic()  # the retry clock starts with the flow, not with the warm-up
+        self.ctx.log.info("book stage: %d symbols, bars %s ms, watermark %d ms, depth throttle %s ms, %s book ring",
+                          self.n_sym, list(self.ctx.config.book.bar_intervals_ms),
+                          self.ctx.config.book.bar_watermark_ms, self.ctx.config.book.depth_throttle_ms,
+                          "block" if self.block else "overwrite")
 
-    def _wait_or_stop(self) -> bool:
-        if self.ctx.should_stop():
-            self.stopping = True
-            return True
-        self.ctx.idle.idle(0)
-        self.ctx.heartbeat()
-        return False
-
-    def _commit(self, dst: np.ndarray, direct: bool, k: int) -> None:
-        if direct:
-            if k:
-                dst["pub_ns"][:k] = time.monotonic_ns()
-            self.out.commit(k)
-        elif k:
-            ev = dst[:k]
-            done = 0
-            while True:
-                ev["pub_ns"][done:] = time.monotonic_ns()
-                done += self.out.publish_batch(ev[done:])
-                if done == k:
-                    break
-                self.book_full += 1  # block policy: wait for the slowest consumer, never drop
-                if self._wait_or_stop():
-                    k = done  # shutting down (consumers may be gone): the rest is never published
-                    break
+    def _publish(self, dst, direct: bool, k: int) -> None:
+        k = self.out.commit(dst, direct, k)
         if k:
             tally_events(dst, k, self.tally, self.hist)
 
-    # -- the loop -------------------------------------------------------------------
+    # -- the duty cycle -------------------------------------------------------------
 
-    def step(self) -> int:
+    def do_work(self) -> int:
         """Poll one md batch, process and publish it. Returns the md records consumed."""
         p = self.md.poll(self.batch)
         recs = p.records
@@ -269,13 +222,11 @@ class BookWorker:
                 e = self.engine
                 while i < n and not self.stopping:
                     # need: a status for all symbols is one record that writes one top per symbol
-                    dst, direct = self._claim(OUT_RESERVE * (n - i) + 2 * self.n_iv, max(OUT_RESERVE, self.n_sym))
+                    dst, direct = self.out.claim(OUT_RESERVE * (n - i) + 2 * self.n_iv, max(OUT_RESERVE, self.n_sym))
                     if dst is None:
                         break
-                    consumed, k = process_md_batch(recs[i:], n - i, e.keys, e.qtys, e.count, e.sync, e.resync,
-                                                   e.buf, e.bars, e.intervals, e.params, e.gstat, dst, 0,
-                                                   self._no_diag, self._diag_n)
-                    self._commit(dst, direct, k)
+                    consumed, k = e.process_into(recs[i:], n - i, dst, 0)
+                    self._publish(dst, direct, k)
                     i += consumed
         finally:
             self.md.release(i)
@@ -288,28 +239,24 @@ class BookWorker:
         self.lost += lost
         self.ctx.log.warning("md ring lapped: %d records lost; every book is INVALID until resynced", lost,
                              extra={"lost": lost})
-        e = self.engine
-        dst, direct = self._claim(self.n_sym, self.n_sym)
+        dst, direct = self.out.claim(self.n_sym, self.n_sym)
         if dst is None:
             return
-        k = mark_all_invalid(np.int64(REASON_LAPPED), np.int64(time.monotonic_ns()), e.keys, e.qtys, e.count,
-                             e.sync, e.resync, dst, 0)
-        self._commit(dst, direct, k)
+        k = self.engine.invalidate_all_into(REASON_LAPPED, time.monotonic_ns(), dst, 0)
+        self._publish(dst, direct, k)
 
     def timer(self, now_ns: int) -> None:
         """Close bars that ended (by estimated exchange time) more than the watermark ago."""
         if not self.exch_anchor_ms:
             return
         est = self.exch_anchor_ms + (now_ns - self.exch_anchor_ns) // 1_000_000
-        e = self.engine
         done = False
         while not done and not self.stopping:
-            dst, direct = self._claim(2 * self.n_sym * self.n_iv + 2, 2)
+            dst, direct = self.out.claim(2 * self.n_sym * self.n_iv + 2, 2)
             if dst is None:
                 return
-            done, k = on_timer(np.int64(est), np.int64(now_ns), e.sync, e.bars, e.intervals, e.params, e.gstat,
-                               dst, 0)
-            self._commit(dst, direct, k)
+            done, k = self.engine.timer_into(est, now_ns, dst, 0)
+            self._publish(dst, direct, k)
 
     def resyncs(self) -> None:
         """Turn the engine's resync flags into events for the feed (via the supervisor); retry stale ones."""
@@ -320,8 +267,7 @@ class BookWorker:
             return
         now = time.monotonic()
         for sym in sorted(self.resync_pending):
-            reason = REASON_NAMES.get(int(e.sync[sym, S_REASON]), "unknown")
-            if not self.ctx.event("resync", symbol=sym, reason=reason):
+            if not self.ctx.event("resync", symbol=sym, reason=e.reason_name(sym)):
                 return  # the event queue is full: try again next pass
             self.resync_pending.discard(sym)
             self.resync_sent_at[sym] = now
@@ -329,57 +275,34 @@ class BookWorker:
 
     def _retry_resyncs(self) -> None:
         now = time.monotonic()
-        invalid = self.engine.sync[:, S_STATE] != ST_SYNCED
-        late = np.flatnonzero(invalid & (now - self.resync_sent_at > RESYNC_RETRY_S)).tolist()
+        late = np.flatnonzero(self.engine.invalid_mask() & (now - self.resync_sent_at > RESYNC_RETRY_S)).tolist()
         if late:
             self.ctx.log.warning("%d books still INVALID %.0f s after their resync request: asking again", len(late),
                                  RESYNC_RETRY_S, extra={"symbols": late})
             self.resync_pending.update(late)
             self.resync_sent_at[late] = now
 
-    def stats(self) -> dict:
+    def counters(self) -> dict:
         e = self.engine
-        sync = e.sync
-        s = {name: int(sync[:, col].sum()) for name, col in _ENGINE_COUNTERS.items()}
+        s = {_RENAMED.get(k, k): v for k, v in e.totals().items() if k not in _NOT_REPORTED}
         t = self.tally
-        s.update(books=self.n_sym, books_valid=int(np.count_nonzero(sync[:, S_STATE] == ST_SYNCED)),
+        s.update(books=self.n_sym, books_valid=e.books_valid(),
                  tops=int(t[BK_TOP]), tops_invalid=int(t[T_TOPS_INVALID]), depth_snapshots=int(t[BK_DEPTH]),
                  trades=int(t[BK_TRADE]), bars_closed=int(t[BK_BAR]), resyncs_requested=self.resyncs_requested,
-                 lapped=self.laps, md_lost=self.lost, md_records=self.md_records, book_full=self.book_full,
-                 bad_symbol=int(e.gstat[G_BAD_SYMBOL]), bad_kind=int(e.gstat[G_BAD_KIND]))
+                 lapped=self.laps, md_lost=self.lost, md_records=self.md_records, book_full=self.out.full_waits)
         return s
 
     def housekeeping(self, now_ns: int) -> None:
-        """Timer, resync retries, counters and commands: cheap when nothing is due."""
+        """Timer, resync requests and retries: cheap when nothing is due."""
         if now_ns >= self.next_timer:
             self.next_timer = now_ns + TIMER_PERIOD_NS
             self.timer(now_ns)
-        self.resyncs()
-        if now_ns >= self.next_stats:
-            self.next_stats = now_ns + STATS_PERIOD_NS
+        if self.resync_pending or self.engine.resync.any():
+            self.resyncs()
+        if now_ns >= self.next_slow:
+            self.next_slow = now_ns + SLOW_PERIOD_NS
             self._retry_resyncs()
-            for cmd in self.ctx.commands():
-                self.ctx.log.warning("book: unknown command %r ignored", cmd.get("type"))
-            self.ctx.heartbeat(**self.stats())
-        else:
-            self.ctx.heartbeat()
-
-    def loop(self) -> None:
-        ctx = self.ctx
-        while not self.stopping and not ctx.should_stop():
-            n = self.step()
-            self.housekeeping(time.monotonic_ns())
-            ctx.idle.idle(n)
-        ctx.stats.update(self.stats())
 
 
-def run(config, ctx) -> None:
-    """Worker entry (``processes.runtime``): warm the kernels, say ready, loop until stopped."""
-    warm(config)
-    worker = BookWorker(config, ctx)
-    ctx.log.info("book worker: %d symbols, bars %s ms, watermark %d ms, depth throttle %s ms, %s book ring",
-                 worker.n_sym, list(config.book.bar_intervals_ms), config.book.bar_watermark_ms,
-                 config.book.depth_throttle_ms, "block" if worker.block else "overwrite")
-    ctx.ready()
-    worker.resync_sent_at[:] = time.monotonic()  # the retry clock starts with the flow, not with the warm-up
-    worker.loop()
+def make_stage(config, ctx) -> BookStage:
+    return BookStage(config, ctx)

@@ -1,4 +1,9 @@
-"""Feed worker: all market-data network I/O, published into the ``md`` ring.
+"""Feed stage: all market-data network I/O, published into the ``md`` ring.
+
+The feed is driven by its own event loop (uvloop: it sleeps in epoll on its
+socket, which is its wake-up), so it is a stage with ``drive()`` instead of
+``do_work()`` and must be alone in its process (``core.config.LOOP_STAGES``);
+heartbeats and commands are served from inside the loop.
 
 ``market_data.source`` picks the source:
 
@@ -45,7 +50,8 @@ from core.decode import MAX_RECORDS_PER_FRAME, Decoder
 from core.records import MD_EVENT, MD_STATUS
 from processes.feed_client import FeedClient, FeedSettings
 from processes.synthetic import SyntheticSource
-from ringbuffers.ring import FULL, POLICY_BLOCK, Ring, segment_name
+from processes.stage import RingWriter, Stage
+from ringbuffers.ring import FULL, Ring, segment_name
 
 CONTROL_POLL_S = 0.002  # stop/commands are seen within a few ms even while the socket is quiet
 STATS_EVERY_S = 0.1  # how often the counters are copied into ctx.stats (heartbeats send them)
@@ -63,50 +69,38 @@ _WARM_SNAPSHOT = b'{"lastUpdateId":1,"bids":[["1.00000000","2.00000000"]],"asks"
 # exchange source
 # ---------------------------------------------------------------------------
 class RingPublisher:
-    """The feed's side of the ``md`` ring (single producer: this worker).
+    """The feed's side of the ``md`` ring (single producer: this stage), on a ``RingWriter``.
 
     ``records(recs)`` is the ``FeedClient`` publish callback (status and
     snapshot records; every frame when the fast path is off);
     ``publish_frame`` / ``recent`` are its ``frame_sink`` (decode + publish in
-    one numba call). Block policy: waits with the worker's idle strategy while
-    the ring is full, heartbeating, until it has room or a stop is requested
-    (then the rest of that message is dropped: the pipeline is shutting down).
+    one numba call). Block policy: waits with the process's idle strategy
+    while the ring is full, heartbeating, until it has room or a stop is
+    requested (then the rest of that message is dropped: the pipeline is
+    shutting down).
     """
 
     def __init__(self, ring: Ring, ctx, hop):
         self.ring = ring
         self.ctx = ctx
         self.hop = hop
-        self.block = ring.policy == POLICY_BLOCK
-        self.full_waits = 0  # times a publish found the ring full and waited
+        self.writer = RingWriter(ring, ctx, scratch=max(ring.capacity // 4, MAX_RECORDS_PER_FRAME))
+        self.block = self.writer.block
         self.dropped_at_stop = 0  # records not published because a stop came while the ring was full
         self._slots64 = ring.slots.view(np.int64).reshape(ring.capacity, 8)
         self._mask = ring.capacity - 1
 
-    def _wait_full(self) -> bool:
-        """One idle step while the ring is full; False once a stop was requested."""
-        self.full_waits += 1
-        ctx = self.ctx
-        ctx.idle.idle(0)
-        ctx.heartbeat(md_full=self.full_waits)
-        return not ctx.should_stop()
+    @property
+    def full_waits(self) -> int:
+        return self.writer.full_waits
 
     def records(self, recs: np.ndarray) -> None:
-        ring = self.ring
-        done = 0
         total = len(recs)
-        while done < total:
-            now = time.monotonic_ns()
-            chunk = recs[done:done + ring.capacity]
-            chunk["pub_ns"] = now
-            k = ring.publish_batch(chunk)
-            if k:
-                if done == 0 and recs["kind"][0] != MD_STATUS:  # status records have no frame behind them
-                    self.hop.record(now - int(recs["recv_ns"][0]))  # one sample per message, as for frames
-                done += k
-            elif not self._wait_full():
-                self.dropped_at_stop += total - done
-                return
+        done = self.writer.publish(recs)
+        if done and recs["kind"][0] != MD_STATUS:  # status records have no frame behind them
+            self.hop.record(int(recs["pub_ns"][0]) - int(recs["recv_ns"][0]))  # one sample per message, as for frames
+        if done < total:
+            self.dropped_at_stop += total - done
 
     def publish_frame(self, decoder: Decoder, payload: bytes, recv_ns: int) -> int:
         n = decoder.decode_publish(payload, recv_ns, self.ring)
@@ -115,9 +109,11 @@ class RingPublisher:
                 n = decoder.publish_pending(self.ring)
                 if n != FULL:
                     break
-                if not self._wait_full():
+                self.writer.full_waits += 1
+                if self.writer._wait_or_stop():
                     return 0  # stopping; the decoder keeps the records pending, nobody reads them
         if n > 0:
+            self.writer._notify()  # the decode kernel published from numba: wake a sleeping consumer
             # pub_ns was stamped in the kernel; read it back from our own last slot
             self.hop.record(int(self._slots64[(self.ring.published - 1) & self._mask, 1]) - recv_ns)
         return n
@@ -249,22 +245,16 @@ def make_source(config) -> SyntheticSource:
                            depth_levels=syn.depth_levels, start_price=syn.start_price, tick_size=tick, lot_size=lot)
 
 
-def _publish_all(ctx, out, recs, hop) -> None:
+def _publish_all(writer: RingWriter, recs, hop) -> None:
     """Publish a whole message (a snapshot), waiting while the ring is full."""
-    done = 0
-    while done < len(recs) and not ctx.should_stop():
-        now = time.monotonic_ns()
-        chunk = recs[done:done + out.capacity]
-        chunk["pub_ns"] = now
-        k = out.publish_batch(chunk)
-        hop.record_many(now - chunk["recv_ns"][:k])
-        done += k
-        ctx.idle.idle(k)
-        ctx.heartbeat()
+    k = writer.publish(recs)
+    if k:
+        hop.record_many(recs["pub_ns"][:k] - recs["recv_ns"][:k])
 
 
 def run_synthetic(config, ctx) -> None:
     out = ctx.outputs["md"]
+    writer = RingWriter(out, ctx, scratch=ctx.process.batch)
     hop = ctx.latency.hop("feed")
     src = make_source(config)
     scratch = np.zeros(16, MD_EVENT)
@@ -274,13 +264,13 @@ def run_synthetic(config, ctx) -> None:
     wrap = np.zeros(batch, MD_EVENT)  # scratch for a message that straddles the ring's wrap point
     ctx.ready()
     for sym in range(src.n_symbols):
-        _publish_all(ctx, out, src.snapshot(sym), hop)
+        _publish_all(writer, src.snapshot(sym), hop)
     src.start()
     published = 0
     while not ctx.should_stop():
         for cmd in ctx.commands():
             if cmd.get("type") == "resync" and 0 <= int(cmd.get("symbol", -1)) < src.n_symbols:
-                _publish_all(ctx, out, src.snapshot(int(cmd["symbol"])), hop)
+                _publish_all(writer, src.snapshot(int(cmd["symbol"])), hop)
         n = min(src.due(), batch)
         k = 0
         if n >= 2:
@@ -295,25 +285,40 @@ def run_synthetic(config, ctx) -> None:
                     # a scratch buffer and publish_batch, which wraps.
                     out.commit(0)
                     k = src.generate(wrap, n)
-                    _publish_all(ctx, out, wrap[:k], hop)
+                    _publish_all(writer, wrap[:k], hop)
                     published += k
                     ctx.idle.idle(k)
                     ctx.heartbeat(published=published)
                     continue
-                now = time.monotonic_ns()
-                dst["pub_ns"][:k] = now
-                out.commit(k)
-                hop.record_many(now - dst["recv_ns"][:k])
+                writer.commit(dst, True, k)
+                hop.record_many(dst["pub_ns"][:k] - dst["recv_ns"][:k])
                 published += k
         ctx.idle.idle(k)
         ctx.heartbeat(published=published)
 
 
-def run(config, ctx) -> None:
-    if config.market_data.source == "synthetic":
-        run_synthetic(config, ctx)
-    else:
-        run_exchange(config, ctx)
+class FeedStage(Stage):
+    """The feed as a stage: ``drive()`` runs the source's loop until the process is told to stop."""
+
+    def __init__(self, config, ctx):
+        self.config = config
+        self.ctx = ctx
+
+    def drive(self) -> None:
+        if self.config.market_data.source == "synthetic":
+            run_synthetic(self.config, self.ctx)
+        else:
+            run_exchange(self.config, self.ctx)
+
+    def do_work(self) -> int:  # never called: the feed is driven by its own loop (drive)
+        raise RuntimeError("the feed stage is driven by its event loop; it cannot share a duty cycle")
+
+    def counters(self) -> dict:
+        return dict(self.ctx.stats)
+
+
+def make_stage(config, ctx) -> FeedStage:
+    return FeedStage(config, ctx)
 
 
 def warm(config) -> None:

@@ -1,7 +1,7 @@
-"""Worker runtime: what every worker process does around its own ``run(config, ctx)``.
+"""Process runtime: what every process does around its stages (or, for the simulator, its ``run``).
 
 The supervisor spawns ``worker_main(name, config, cmd_q, evt_q, incarnation)``
-with the ``spawn`` start method. It:
+for each process of the ``placement`` with the ``spawn`` start method. It:
 
 1. arranges to die with the supervisor (``PR_SET_PDEATHSIG`` = SIGTERM, plus a
    parent-pid check), ignores SIGINT (the supervisor coordinates shutdown;
@@ -10,37 +10,33 @@ with the ``spawn`` start method. It:
 2. forwards every ``logging`` record as a JSON event to the supervisor;
 3. pins itself to its configured CPUs and applies ``mlockall`` if configured
    (a failure is reported in the ready event; the supervisor warns once);
-4. attaches its rings (``ctx.inputs`` as consumer, ``ctx.outputs`` as
-   producer; topology in ``core.config.RINGS``);
-5. warms the shared numba kernels (ring protocol, latency histograms) on
-   private scratch arrays, so the on-disk cache is loaded before ``ready``;
-6. imports the worker module and calls ``run(config, ctx)``. The worker warms
-   its own kernels, calls ``ctx.ready()`` (which freezes the start-up heap
-   out of the GC's sight with ``gc.freeze()``), then loops: poll inputs with
-   ``ctx.idle``, process a batch, publish, ``ctx.heartbeat()``, until
-   ``ctx.should_stop()``;
-7. sends its final counters and latency histograms, and exits 0 — or, if
-   ``run`` raised, logs the traceback as an error event and exits 1 (the
-   supervisor restarts it).
+4. attaches the ring ends of every stage it hosts (``core.topology``): one
+   consumer handle per (ring, consuming stage), one producer handle per
+   produced ring, even when both ends live in this process;
+5. warms the shared numba kernels (ring protocol, latency histograms) and each
+   stage module's ``warm(config)``, then builds the stages
+   (``make_stage(config, stage_ctx)``, see ``processes.stage``);
+6. says ready (``gc.freeze()`` first: the start-up heap is never scanned
+   again), waits for the supervisor's go, and runs the duty cycle
+   (``run_stages``): every stage's ``do_work`` in pipeline order, the
+   stages' housekeeping, routed commands, a heartbeat when due, then the one
+   idle strategy of the process with the work done. A stage driven by its
+   own event loop (the feed) runs that loop instead (``drive``);
+7. on stop, runs the duty cycle until the rings inside the process are
+   drained (bounded by ``supervisor.drain_timeout_s``), closes the stages,
+   sends the final counters and latency histograms, and exits 0 — or, if a
+   stage raised, logs the traceback as an error event and exits 1 (the
+   supervisor restarts the whole process; each stage resumes from its ring
+   cursors, so ``block`` rings lose nothing).
 
 The spare (``spare_main``): the supervisor keeps one process that has
-already done the expensive part of steps 1-6 for *every* pipeline worker
-(interpreter start, imports, ``warm_all``: the shared kernels for every ring
-dtype and each worker module's optional ``warm(config)``), then waits on its
-control queue. On ``{"type": "assign", "worker": name, "incarnation": n}`` it
-becomes that worker (``_serve``: pin, attach, ready, run), so a crashed
-worker's replacement is ready in milliseconds instead of seconds. A worker
-module's ``warm(config)`` loads its numba kernels from the disk cache on
-private scratch data and must not touch the pipeline's rings; a module
-without one has nothing to load.
+already done the expensive part of steps 1-5 for *every* process (interpreter
+start, imports, ``warm_all``), then waits on its control queue. On
+``{"type": "assign", "worker": name, "incarnation": n}`` it becomes that
+process (``_serve``: pin, attach, build, ready, run), so a crashed process's
+replacement is ready in milliseconds instead of seconds.
 
-Latency convention (hop names used by every worker and the summary):
-``feed`` = md.pub_ns - md.recv_ns; ``md->book`` = book.pub_ns - md.pub_ns;
-``book->signal``, ``signal->risk``, ``risk->execution`` likewise (output
-pub_ns - input pub_ns); ``book->risk``/``book->execution``/``reports->risk`` =
-consumption time - pub_ns for inputs that do not produce an output;
-``end_to_end`` = last stage pub_ns - recv_ns (the execution report, i.e.
-tick to order handed to the venue or fill model).
+Latency hop names: ``core.topology``.
 """
 
 from __future__ import annotations
@@ -61,7 +57,8 @@ import numpy as np
 
 from core import records
 from core.config import RINGS, SystemConfig
-from core.latency import LatencyHistogram, LatencySet
+from core.latency import LatencySet
+from core.topology import consumer_index, process_rings
 from ringbuffers.control import ControlQueue
 from ringbuffers.ring import Ring, segment_name
 
@@ -105,22 +102,25 @@ class EventLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class WorkerContext:
-    """What ``run(config, ctx)`` receives. See the module docstring for the contract."""
+class ProcessContext:
+    """One process's link to the supervisor: control queues, heartbeats, the idle strategy, latency.
+
+    Stage processes hand each stage a ``processes.stage.StageContext`` built
+    on this; the simulator's ``run(config, ctx)`` receives it directly.
+    """
 
     def __init__(self, name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue,
                  incarnation: int = 0):
         self.name = name
         self.config = config
         self.instance = config.instance
-        self.process = config.processes[name]
+        self.process = config.placement[name]
         self.incarnation = incarnation
-        self.inputs: dict[str, Ring] = {}
-        self.outputs: dict[str, Ring] = {}
-        self.idle = self.process.idle.make()
+        self.idle = self.process.idle.make()  # replaced once the rings are attached (the futex idle needs them)
         self.log = logging.getLogger(f"ringtrader.{name}")
         self.latency = LatencySet()
-        self.stats: dict = {}  # counters the worker keeps; sent with every heartbeat
+        self.stats: dict = {}  # process-level counters (the simulator's); sent with every heartbeat
+        self.stage_counters = None  # callable -> {stage: counters}, set by run_stages
         self.start_info: dict = {}  # reported with the ready event (mlock outcome...)
         self._cmd_q = cmd_q
         self._evt_q = evt_q
@@ -144,8 +144,8 @@ class WorkerContext:
     def ready(self) -> None:
         """Say ready (once), then wait for the supervisor's go.
 
-        The supervisor answers ``{"type": "start"}`` when every worker is ready
-        (at once, for a restarted worker), so no stage produces into a ring
+        The supervisor answers ``{"type": "start"}`` when every process is
+        ready (at once, for a restarted one), so no stage produces into a ring
         whose consumer is still starting. Returns early if a shutdown arrives
         meanwhile (``should_stop()`` is then True). Freezes the start-up heap
         so the GC never scans it again.
@@ -155,12 +155,13 @@ class WorkerContext:
         self._ready_sent = True
         gc.collect()
         gc.freeze()
-        self.event("ready", pid=os.getpid(), incarnation=self.incarnation, **self.start_info)
+        self.event("ready", pid=os.getpid(), incarnation=self.incarnation, stages=list(self.process.stages),
+                   **self.start_info)
         while not self._stop:
             for m in self._cmd_q.get_many(timeout=0.05):
                 kind = m.get("type")
                 if kind == "start":
-                    self._next_hb = time.monotonic_ns() + self._hb_interval_ns
+                    self._next_hb = 0  # the first heartbeat goes out with the flow
                     return
                 if kind == "shutdown":
                     self._stop = True
@@ -169,25 +170,30 @@ class WorkerContext:
             if os.getppid() != self._ppid:
                 self._stop = True
 
+    def _heartbeat_msg(self, now: int, kind: str = "heartbeat") -> dict:
+        msg = {"type": kind, "mono_ns": now, "stats": self.stats, "idle_ns": self.idle.idle_ns}
+        if self.stage_counters is not None:
+            msg["stages"] = self.stage_counters()
+        return msg
+
     def heartbeat(self, **stats) -> None:
         """Cheap when not due; call it every loop iteration. ``stats`` update ``ctx.stats``."""
-        now = time.monotonic_ns()
-        if now < self._next_hb:
-            if stats:
-                self.stats.update(stats)
-            return
         if stats:
             self.stats.update(stats)
+        now = time.monotonic_ns()
+        if now < self._next_hb:
+            return
         self._next_hb = now + self._hb_interval_ns
         self._hb_count += 1
-        msg = {"type": "heartbeat", "mono_ns": now, "stats": self.stats, "idle_ns": self.idle.idle_ns}
+        msg = self._heartbeat_msg(now)
         if self._hb_count % _LATENCY_EVERY == 0:
             msg["latency"] = self.latency.to_wire()
         self._evt_q.put_nowait(msg)
 
     def final_stats(self) -> None:
-        self._evt_q.put({"type": "final", "mono_ns": time.monotonic_ns(), "stats": self.stats,
-                         "idle_ns": self.idle.idle_ns, "latency": self.latency.to_wire()}, timeout=1.0)
+        msg = self._heartbeat_msg(time.monotonic_ns(), "final")
+        msg["latency"] = self.latency.to_wire()
+        self._evt_q.put(msg, timeout=1.0)
 
     # -- from the supervisor --------------------------------------------------
 
@@ -217,89 +223,18 @@ class WorkerContext:
         """Non-shutdown commands received since the last call (e.g. {"type": "resync", "symbol": 0})."""
         if not self._stop:
             self._poll_commands()
+        return self.take_pending()
+
+    def take_pending(self) -> list[dict]:
+        """Commands already received (no queue read): the duty cycle's cheap check."""
+        if not self._pending:
+            return []
         out, self._pending = self._pending, []
         return out
 
 
-# ---------------------------------------------------------------------------
-# Pass-through plumbing shared by the temporary workers
-# ---------------------------------------------------------------------------
-
-
-def zero(dst: np.ndarray) -> None:
-    """Clear claimed slots (they hold a previous lap's record)."""
-    dst.view(np.int64)[:] = 0
-
-
-def trace_violations(src: np.ndarray, now_ns: int) -> int:
-    """Records whose trace is not monotonic: recv <= [in_pub <=] pub <= now must hold."""
-    bad = (src["recv_ns"] > src["pub_ns"]) | (src["pub_ns"] > now_ns) | (src["recv_ns"] <= 0)
-    if "in_pub_ns" in src.dtype.names:
-        bad |= (src["in_pub_ns"] < src["recv_ns"]) | (src["in_pub_ns"] > src["pub_ns"])
-    return int(np.count_nonzero(bad))
-
-
-def relay(ctx: WorkerContext, inp: Ring, out: Ring, convert, hop: LatencyHistogram, max_n: int, after=None) -> int:
-    """Move up to ``max_n`` records from ``inp`` to ``out`` through ``convert(src, dst)``.
-
-    ``convert`` fills every field of ``dst`` (zeroed) from ``src`` except
-    ``pub_ns``, which is stamped here just before the commit. Records that do
-    not fit in ``out`` (block policy, full) stay unread in ``inp`` for the
-    next call, so nothing is dropped. ``after(src, dst)``, if given, sees each
-    published chunk (pub_ns stamped). Returns the records moved.
-    """
-    p = inp.poll(max_n)
-    n = len(p.records)
-    if p.lost:
-        ctx.stats["lost_" + _ring_key(inp)] = ctx.stats.get("lost_" + _ring_key(inp), 0) + p.lost
-    moved = 0
-    try:
-        while moved < n:
-            dst = out.claim(n - moved)
-            if dst is None:
-                ctx.stats["out_full"] = ctx.stats.get("out_full", 0) + 1
-                break
-            k = len(dst)
-            src = p.records[moved:moved + k]
-            zero(dst)
-            convert(src, dst)
-            now = time.monotonic_ns()
-            dst["pub_ns"] = now
-            out.commit()
-            hop.record_many(now - src["pub_ns"])
-            if after is not None:
-                after(src, dst)
-            bad = trace_violations(src, now)
-            if bad:
-                ctx.stats["trace_violations"] = ctx.stats.get("trace_violations", 0) + bad
-            moved += k
-    finally:
-        inp.release(moved)
-    if moved:
-        ctx.stats["records_in"] = ctx.stats.get("records_in", 0) + moved
-    return moved
-
-
-def sink(ctx: WorkerContext, inp: Ring, hop: LatencyHistogram, max_n: int) -> int:
-    """Consume up to ``max_n`` records that produce nothing here; records their arrival latency."""
-    p = inp.poll(max_n)
-    n = len(p.records)
-    try:
-        if n:
-            now = time.monotonic_ns()
-            hop.record_many(now - p.records["pub_ns"])
-            bad = trace_violations(p.records, now)
-            if bad:
-                ctx.stats["trace_violations"] = ctx.stats.get("trace_violations", 0) + bad
-    finally:
-        inp.release()
-    if p.lost:
-        ctx.stats["lost_" + _ring_key(inp)] = ctx.stats.get("lost_" + _ring_key(inp), 0) + p.lost
-    return n
-
-
-def _ring_key(ring: Ring) -> str:
-    return ring.name.rpartition(".")[2]
+#: the name the simulator's ``run(config, ctx)`` and older tests know
+WorkerContext = ProcessContext
 
 
 # ---------------------------------------------------------------------------
@@ -323,25 +258,32 @@ def _mlockall() -> str:
     return f"failed: {os.strerror(err)} (errno {err})"
 
 
-def attach_rings(ctx: WorkerContext) -> None:
-    """Attach ``ctx`` to every ring the topology gives its worker."""
-    for ring, (dtype_name, producer, consumers) in RINGS.items():
-        dtype = records.ALL_DTYPES[dtype_name]
-        seg = segment_name(ctx.instance, ring)
-        cap = ctx.config.rings[ring].capacity
-        if producer == ctx.name:
-            ctx.outputs[ring] = Ring.attach(seg, dtype, "producer")
-            ctx.outputs[ring].expect_capacity(cap)
-        if ctx.name in consumers:
-            ctx.inputs[ring] = Ring.attach(seg, dtype, consumers.index(ctx.name))
-            ctx.inputs[ring].expect_capacity(cap)
+def attach_stage_rings(ctx: ProcessContext) -> dict:
+    """Attach every ring end of the process's stages; returns ``{stage: StageContext}``."""
+    from processes.stage import StageContext
+
+    pr = process_rings(ctx.config, ctx.name)
+    sctxs = {st: StageContext(st, ctx) for st in ctx.process.stages}
+    for ring, stage in pr.inputs:
+        dtype = records.ALL_DTYPES[RINGS[ring][0]]
+        r = Ring.attach(segment_name(ctx.instance, ring), dtype, consumer_index(ring, stage))
+        r.expect_capacity(ctx.config.rings[ring].capacity)
+        sctxs[stage].inputs[ring] = r
+    for ring, stage in pr.outputs:
+        dtype = records.ALL_DTYPES[RINGS[ring][0]]
+        r = Ring.attach(segment_name(ctx.instance, ring), dtype, "producer")
+        r.expect_capacity(ctx.config.rings[ring].capacity)
+        sctxs[stage].outputs[ring] = r
+    external = [sctxs[st].inputs[ring] for ring, st in pr.inputs if ring in pr.external]
+    ctx.idle = ctx.process.idle.make(external)
+    return sctxs
 
 
 def warm_kernels(dtypes=()) -> None:
     """Load (or compile once into NUMBA_CACHE_DIR) the shared kernels, on scratch arrays only.
 
     Ring kernels are specialised per record dtype: only ``dtypes`` (the
-    worker's own rings) are warmed, which keeps a restart fast.
+    process's own rings) are warmed, which keeps a restart fast.
     """
     from core.latency import new_hist, nb_merge, nb_record_diff, nb_record_many
     from ringbuffers import ring as rb
@@ -365,8 +307,81 @@ def warm_kernels(dtypes=()) -> None:
     rb.nb_poll_end(ctrl, 0, ctrl[rb.P_PUBLISH])
 
 
+def run_stages(ctx: ProcessContext, stages: list) -> None:
+    """The duty cycle (Agrona's ``AgentRunner`` over a ``CompositeAgent``): see the module docstring."""
+    ctx.stage_counters = lambda: {s.name: s.counters() for s in stages}
+    ctx.ready()
+    if ctx.should_stop():
+        return
+    for s in stages:
+        s.on_start()
+    try:
+        if len(stages) == 1 and hasattr(stages[0], "drive"):
+            stages[0].drive()  # an event-loop stage: it serves heartbeats and commands from its loop
+            return
+        idle = ctx.idle
+        by_name = {s.name: s for s in stages}
+        while not ctx.should_stop():
+            work = 0
+            for s in stages:
+                work += s.do_work()
+            now = time.monotonic_ns()
+            for s in stages:
+                s.housekeeping(now)
+            if ctx._pending:
+                _dispatch(ctx, stages, by_name, ctx.take_pending())
+            ctx.heartbeat()
+            idle.idle(work)
+        _drain_internal(ctx, stages)
+    finally:
+        for s in reversed(stages):
+            try:
+                s.on_close()
+            except Exception:  # noqa: BLE001 - one stage's close must not skip the others'
+                ctx.log.exception("%s: on_close failed", s.name)
+
+
+def _dispatch(ctx: ProcessContext, stages, by_name: dict, cmds: list[dict]) -> None:
+    for cmd in cmds:
+        target = by_name.get(cmd.get("stage"))
+        handled = target.on_command(cmd) if target is not None else any(s.on_command(cmd) for s in stages)
+        if not handled:
+            ctx.log.warning("%s: unknown command %r ignored", ctx.name, cmd.get("type"), extra={"command": cmd})
+
+
+def _drain_internal(ctx: ProcessContext, stages) -> None:
+    """After a stop: keep cycling until the rings between this process's own stages are empty (bounded)."""
+    if len(stages) < 2:
+        return
+    deadline = time.monotonic() + ctx.config.supervisor.drain_timeout_s
+    while time.monotonic() < deadline:
+        if sum(s.do_work() for s in stages) == 0:
+            return
+
+
+def build_stages(ctx: ProcessContext) -> list:
+    """Import, warm and build the process's stages (steps 4-5 of the module docstring)."""
+    sctxs = attach_stage_rings(ctx)
+    dtypes = {r.dtype for sc in sctxs.values() for r in list(sc.inputs.values()) + list(sc.outputs.values())}
+    warm_kernels(dtypes)
+    stages = []
+    for st in ctx.process.stages:
+        mod_name = ctx.process.stage_module(st)
+        module = importlib.import_module(mod_name)
+        make = getattr(module, "make_stage", None)
+        if make is None:
+            raise AttributeError(f"stage module {mod_name} has no make_stage(config, ctx)")
+        warm = getattr(module, "warm", None)
+        if callable(warm):
+            warm(ctx.config)
+        stage = make(ctx.config, sctxs[st])
+        stage.name = st
+        stages.append(stage)
+    return stages
+
+
 def worker_main(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue, incarnation: int = 0):
-    """Entry point of a spawned worker process (see module docstring). Exits 0 or 1."""
+    """Entry point of a spawned process (see module docstring). Exits 0 or 1."""
     t0 = time.monotonic_ns()
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -382,11 +397,12 @@ def _log_to(evt_q: ControlQueue, config: SystemConfig) -> None:
 
 def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue, incarnation: int,
            t0: int, start_info: dict | None = None) -> int:
-    """Steps 3-7 of the module docstring for worker ``name``; returns the exit code."""
-    ctx = WorkerContext(name, config, cmd_q, evt_q, incarnation)
+    """Steps 3-7 of the module docstring for process ``name``; returns the exit code."""
+    ctx = ProcessContext(name, config, cmd_q, evt_q, incarnation)
     ctx.start_info.update(start_info or {})
     signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop())
     code = EXIT_CRASH
+    sctxs_rings: list = []
     try:
         pcfg = ctx.process
         try:
@@ -395,27 +411,37 @@ def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQ
             ctx.start_info["affinity"] = f"failed: {exc}"
         if pcfg.mlockall:
             ctx.start_info["mlock"] = _mlockall()
-        module = importlib.import_module(pcfg.module)
-        run = getattr(module, "run", None)
-        if run is None:
-            raise AttributeError(f"worker module {pcfg.module} has no run(config, ctx)")
-        if name != "simulator":
-            attach_rings(ctx)
-            warm_kernels({r.dtype for r in list(ctx.inputs.values()) + list(ctx.outputs.values())})
-        ctx.start_info["startup_ms"] = round((time.monotonic_ns() - t0) / 1e6, 1)
-        run(config, ctx)
+        if pcfg.stages:
+            stages = build_stages(ctx)
+            sctxs_rings = [r for s in stages for r in _stage_rings(s)]
+            ctx.start_info["startup_ms"] = round((time.monotonic_ns() - t0) / 1e6, 1)
+            run_stages(ctx, stages)
+        else:
+            module = importlib.import_module(pcfg.module)
+            run = getattr(module, "run", None)
+            if run is None:
+                raise AttributeError(f"module {pcfg.module} has no run(config, ctx)")
+            ctx.start_info["startup_ms"] = round((time.monotonic_ns() - t0) / 1e6, 1)
+            run(config, ctx)
         code = EXIT_OK
     except Exception:
-        ctx.log.exception("worker %s crashed", name)
+        ctx.log.exception("%s crashed", name)
     finally:
         try:
             ctx.final_stats()
         except Exception:  # the supervisor may be gone; exiting matters more
             pass
-        for r in list(ctx.inputs.values()) + list(ctx.outputs.values()):
+        for r in sctxs_rings:
             r.close()
         logging.shutdown()
     return code
+
+
+def _stage_rings(stage) -> list:
+    sc = getattr(stage, "ctx", None)
+    if sc is None:
+        return []
+    return list(sc.inputs.values()) + list(sc.outputs.values())
 
 
 # ---------------------------------------------------------------------------
@@ -426,26 +452,26 @@ _SPARE_POLL_S = 0.05  # the spare's wait loop period: assignment latency is the 
 
 
 def warm_all(config: SystemConfig) -> tuple[list[str], dict[str, str]]:
-    """Import every pipeline worker module and warm its kernels, touching no ring.
+    """Import every stage module of every process and warm its kernels, touching no ring.
 
-    Calls the optional module-level ``warm(config)`` of each worker module (a
+    Calls the optional module-level ``warm(config)`` of each stage module (a
     module without one is fine: it has nothing to load) and the shared ring /
     latency kernels for every ring dtype. Returns ``(servable, problems)``:
-    the workers this process can become, and ``{worker: reason}`` for those
-    whose module failed to import or warm (the supervisor spawns those afresh,
-    where the same problem is reported as that worker's crash).
+    the processes this one can become, and ``{process: reason}`` for those
+    with a stage module that failed to import or warm (the supervisor spawns
+    those afresh, where the same problem is reported as that process's crash).
     """
-    from core.config import PIPELINE
-
     warm_kernels({records.ALL_DTYPES[spec[0]] for spec in RINGS.values()})
     servable, problems = [], {}
-    for name in PIPELINE:
-        mod_name = config.processes[name].module
+    for name, pcfg in config.placement.items():
+        if not pcfg.stages:
+            continue  # the simulator: not served by the spare
         try:
-            module = importlib.import_module(mod_name)
-            warm = getattr(module, "warm", None)
-            if callable(warm):
-                warm(config)
+            for st in pcfg.stages:
+                module = importlib.import_module(pcfg.stage_module(st))
+                warm = getattr(module, "warm", None)
+                if callable(warm):
+                    warm(config)
         except Exception as exc:  # noqa: BLE001 - reported to the supervisor, the spare serves the others
             problems[name] = f"{type(exc).__name__}: {exc}"
             continue

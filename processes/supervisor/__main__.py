@@ -1,0 +1,3 @@
+from processes.supervisor.cli import main
+
+raise SystemExit(main())

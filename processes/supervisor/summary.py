@@ -1,0 +1,107 @@
+"""The exit summary (text and JSON) and the live view the metrics endpoint reads.
+
+Both come from the topology: rings with their consumers by stage, processes
+with their restarts and idle fraction, stages with their counters, latency
+per hop in ``core.topology.HOPS`` order.
+"""
+
+from __future__ import annotations
+
+import time
+
+from core.config import RINGS
+from core.latency import LatencySet
+from core.topology import HOPS
+
+VIEW_PERIOD_S = 0.5  # how often the metrics view of the processes (and merged latency) is rebuilt
+
+
+def _idle_fraction(p) -> float | None:
+    """Share of its running time a stage process spent in its idle strategy (None for the simulator)."""
+    return round(min(1.0, p.idle_ns / p.flow_ns), 4) if p.flow_ns > 0 and p.stages else None
+
+
+def merged_latency(procs) -> LatencySet:
+    merged = LatencySet()
+    for p in procs.values():
+        merged.merge(p.lat_done).merge(LatencySet.from_wire(p.lat_wire))
+    return merged
+
+
+def ordered_hops(summary: dict) -> dict:
+    order = {h: i for i, h in enumerate(HOPS)}
+    return dict(sorted(summary.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def build_view(sup) -> dict:
+    """What the metrics collector reports about processes: replaced whole, never mutated."""
+    procs = {}
+    for p in sup.procs.values():
+        procs[p.name] = {"up": p.state == "running" and p.alive, "restarts": len(p.restarts),
+                         "last_hb": p.last_hb if p.state == "running" else 0.0,
+                         "recovery_ms": p.recovery_ms[-1] if p.recovery_ms else None,
+                         "via_spare": p.via_spare, "stages": list(p.stages), "idle_fraction": _idle_fraction(p)}
+    sp = sup.spare
+    return {"processes": procs, "latency": ordered_hops(merged_latency(sup.procs).summary()),
+            "spares": {"started": sup.spare_stats["started"], "used": sup.spare_stats["used"],
+                       "failed": sup.spare_stats["failed"], "ready": int(sp is not None and bool(sp.ready_at))}}
+
+
+def build_summary(sup) -> dict:
+    rings = {}
+    for name, ring in sup.rings.items():
+        st = ring.stats()
+        consumers = RINGS[name][2]
+        rings[name] = {
+            "capacity": st.capacity, "policy": st.policy, "published": st.published,
+            "consumed": {c: st.consumed[i] for i, c in enumerate(consumers)},
+            "drops": sum(st.lost), "laps": sum(st.lapped), "stalls": st.stalls,
+        }
+    processes, stages = {}, {}
+    for p in sup.procs.values():
+        processes[p.name] = {"stages": list(p.stages), "restarts": len(p.restarts), "recovery_ms": p.recovery_ms,
+                             "crash_to_ready_ms": p.crash_to_ready_ms, "restarts_via_spare": p.via_spare,
+                             "exit_codes": p.exits, "idle_fraction": _idle_fraction(p), "counters": p.counters(),
+                             "cpus": list(sup.cfg.placement[p.name].cpus),
+                             "idle": sup.cfg.placement[p.name].idle.strategy}
+        for st in p.stages:
+            stages[st] = {"process": p.name, "counters": p.stage_counters(st)}
+    latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
+               for hop, s in ordered_hops(merged_latency(sup.procs).summary()).items()}
+    return {"instance": sup.cfg.instance, "mode": sup.cfg.mode, "exit_code": sup.exit_code,
+            "cold_start_ms": sup.cold_start_ms, "cold_cache": sup.cold_cache, "flow_s": sup.flow_s,
+            "run_s": round(time.monotonic() - sup.t_start, 3),
+            "placement": {n: list(p.stages) for n, p in sup.cfg.placement.items() if p.stages},
+            "rings": rings, "processes": processes, "stages": stages, "latency": latency,
+            "restarts": sum(len(p.restarts) for p in sup.procs.values()),
+            "spares": {k: (list(v) if isinstance(v, list) else v) for k, v in sup.spare_stats.items()},
+            "metrics_port": sup.metrics_port}
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"== ringtrader summary: instance {s['instance']} mode {s['mode']} exit {s['exit_code']} "
+             f"run {s['run_s']} s cold start {s['cold_start_ms']} ms"
+             f"{' (numba cache was cold: kernels compiled)' if s.get('cold_cache') else ''} =="]
+    lines.append("placement: " + "  ".join(f"{n}=[{','.join(st)}]" for n, st in s.get("placement", {}).items()))
+    lines.append(f"{'ring':<9}{'published':>11}  {'consumed (per consumer)':<44}{'drops':>7}{'laps':>6}{'stalls':>8}")
+    for name, r in s["rings"].items():
+        cons = " ".join(f"{c}={n}" for c, n in r["consumed"].items())
+        lines.append(f"{name:<9}{r['published']:>11}  {cons:<44}{r['drops']:>7}{r['laps']:>6}{r['stalls']:>8}")
+    lines.append(f"restarts: {s.get('restarts', 0)}  processes: " + ", ".join(
+        f"{n} restarts={p['restarts']}" + (f" recovery_ms={p['recovery_ms']}" if p["recovery_ms"] else "")
+        + (f" idle={p['idle_fraction']:.0%}" if p.get("idle_fraction") is not None else "")
+        for n, p in s["processes"].items()))
+    bk = (s["stages"].get("book") or {}).get("counters") or {}
+    if "books_valid" in bk:  # the book stage's state at exit: valid books, what it published, resyncs
+        lines.append("book: " + " ".join(f"{k}={bk.get(k, 0)}" for k in (
+            "books_valid", "books", "tops", "depth_snapshots", "trades", "bars_closed", "resyncs_requested",
+            "chain_breaks", "crossed", "lapped", "stale_dropped")))
+    sp = s.get("spares") or {}
+    if sp.get("enabled"):
+        lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"
+                     f" warm_ms={sp['warm_ms']}")
+    lines.append(f"{'latency (us)':<18}{'count':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}")
+    for hop, h in s["latency"].items():
+        lines.append(f"{hop:<18}{h['count']:>10}{h['p50_us']:>10.1f}{h['p90_us']:>10.1f}{h['p99_us']:>10.1f}"
+                     f"{h['p999_us']:>10.1f}{h['max_us']:>11.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""The ``Supervisor``: rings, processes, the go, the watch loop, and the run's end (see the package doc)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import time
+
+from core.config import RINGS, SIMULATOR, SystemConfig
+from core.topology import stage_processes
+from processes.supervisor.shutdown import ShutdownMixin
+from processes.supervisor.spare import SpareMixin
+from processes.supervisor.state import Proc
+from processes.supervisor.summary import VIEW_PERIOD_S, build_summary, build_view
+from processes.supervisor.watch import TICK_S, WatchMixin
+
+log = logging.getLogger("ringtrader.supervisor")
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+
+
+class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
+    def __init__(self, cfg: SystemConfig, sink):
+        from core.latency import LatencySet
+
+        self.cfg = cfg
+        self.sink = sink
+        self.ctx = mp.get_context("spawn")
+        self.rings = {}
+        names = stage_processes(cfg)
+        if self._simulator_wanted():
+            names.append(SIMULATOR)
+        self.procs = {n: Proc(n, stages=cfg.placement[n].stages, lat_done=LatencySet()) for n in names}
+        self.stop_signals = 0
+        self.exit_code = EXIT_OK
+        self.t_start = time.monotonic()
+        self.cold_start_ms = None
+        self.cold_cache = False  # the numba cache was empty at start: every kernel was compiled
+        self.started = False  # every process was ready and got the go
+        self.flow_s = None  # seconds from the go to the start of shutdown
+        self.final: dict = {}
+        self._warned = set()
+        self.spare = None
+        self.spare_stats = {"enabled": cfg.supervisor.spare_worker, "started": 0, "ready": 0, "used": 0,
+                            "failed": 0, "warm_ms": [], "pids": []}
+        self._spare_failures = 0  # consecutive spares that died before becoming ready
+        self._spare_off = not cfg.supervisor.spare_worker
+        self.metrics = None  # processes.metrics.MetricsServer while serving
+        self.metrics_port = None  # the port it bound (config port 0 = any free one)
+        self.metrics_view: dict = {}  # what the metrics collector reads: replaced whole, never mutated
+        self._next_view = 0.0
+
+    # -- setup ------------------------------------------------------------------
+
+    def _simulator_wanted(self) -> bool:
+        import importlib.util
+
+        if not self.cfg.simulator_enabled:
+            return False
+        mod = self.cfg.placement[SIMULATOR].module
+        try:
+            spec = importlib.util.find_spec(mod)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            log.warning("mode sim: simulator module %s not found; running without it", mod)
+            return False
+        return True
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signals += 1
+        if self.stop_signals >= 2:
+            raise KeyboardInterrupt  # second signal: stop waiting for anyone
+
+    def create_rings(self) -> None:
+        from core import records
+        from ringbuffers.ring import Ring, list_segments, remove_stale, segment_name
+
+        inst = self.cfg.instance
+        removed = remove_stale(inst)
+        if removed:
+            log.warning("removed %d stale segments of a killed run", len(removed), extra={"segments": removed})
+        live = list_segments(inst)
+        if live:
+            raise RuntimeError(f"instance {inst!r} is already running (live segments: {', '.join(live)}); "
+                               f"stop it or set a different \"instance\"")
+        for ring, (dtype_name, _producer, consumers) in RINGS.items():
+            rc = self.cfg.rings[ring]
+            self.rings[ring] = Ring.create(segment_name(inst, ring), records.ALL_DTYPES[dtype_name], rc.capacity,
+                                           len(consumers), rc.policy)
+        log.info("created rings", extra={"rings": {r: f"{self.cfg.rings[r].capacity}/{self.cfg.rings[r].policy}"
+                                                   for r in RINGS}})
+
+    def unlink_rings(self) -> None:
+        for ring in self.rings.values():
+            ring.unlink()
+
+    # -- spawning -----------------------------------------------------------------
+
+    def _begin_incarnation(self, p: Proc) -> None:
+        p.state = "starting"
+        p.started_at = time.monotonic()
+        p.go_at = 0.0
+        p.stats, p.stage_stats, p.lat_wire = {}, {}, {}
+        p.idle_ns = p.flow_ns = 0
+
+    def spawn(self, p: Proc) -> None:
+        from processes.runtime import worker_main
+        from ringbuffers.control import ControlQueue
+
+        pcfg = self.cfg.placement[p.name]
+        p.incarnation += 1
+        p.cmd_q = ControlQueue(max_size_bytes=1 << 16)
+        p.evt_q = ControlQueue(max_size_bytes=4 << 20)  # room for log bursts and latency reports
+        p.proc = self.ctx.Process(target=worker_main, name=f"ringtrader-{p.name}",
+                                  args=(p.name, self.cfg, p.cmd_q, p.evt_q, p.incarnation))
+        p.proc.start()
+        self._begin_incarnation(p)
+        self._place(p)
+        log.info("spawned %s", p.name, extra={"worker": p.name, "stages": list(p.stages), "pid": p.proc.pid,
+                                               "incarnation": p.incarnation, "cpus": list(pcfg.cpus)})
+
+    def _place(self, p: Proc) -> None:
+        """Pin the process to its CPUs and apply its real-time priority (spawned or assigned)."""
+        pcfg = self.cfg.placement[p.name]
+        try:
+            os.sched_setaffinity(p.proc.pid, pcfg.cpus)
+        except OSError as exc:
+            self._warn_once(f"affinity-{p.name}", f"could not pin {p.name} to CPUs {list(pcfg.cpus)}: {exc}")
+        if pcfg.rt_priority is not None:
+            try:
+                os.sched_setscheduler(p.proc.pid, os.SCHED_FIFO, os.sched_param(pcfg.rt_priority))
+            except OSError as exc:
+                self._warn_once("rt", f"SCHED_FIFO priority not applied ({exc}); processes run with normal "
+                                      "scheduling. Grant CAP_SYS_NICE (or run as root) to use rt_priority.")
+
+    def restart(self, p: Proc) -> None:
+        """Replace a crashed process: by the warmed spare when one is ready for it, else a fresh spawn."""
+        sp = self._spare_for(p)
+        if sp is not None:
+            self._assign(p, sp)
+        else:
+            self.spawn(p)
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def start_metrics(self) -> None:
+        """Serve Prometheus metrics when enabled; a bind failure is a warning, the system runs without them."""
+        mc = self.cfg.metrics
+        if not mc.enabled:
+            return
+        from processes.metrics import MetricsServer
+
+        self.refresh_view(force=True)
+        try:
+            self.metrics = MetricsServer(self.cfg.instance, lambda: self.metrics_view, mc.host, mc.port)
+        except OSError as exc:
+            log.warning("metrics endpoint not started: cannot listen on %s:%d (%s); running without metrics. "
+                        "Free the port or set metrics.port (0 = any free port).", mc.host, mc.port, exc,
+                        extra={"host": mc.host, "port": mc.port})
+            return
+        self.metrics_port = self.metrics.port
+        log.info("metrics endpoint listening", extra={"host": mc.host, "port": self.metrics.port,
+                                                       "url": f"http://{mc.host}:{self.metrics.port}/metrics"})
+
+    def stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+
+    def refresh_view(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (self.metrics is None or now < self._next_view):
+            return
+        self._next_view = now + VIEW_PERIOD_S
+        self.metrics_view = build_view(self)
+
+    def summary(self) -> dict:
+        return build_summary(self)
+
+    # -- main -----------------------------------------------------------------------------
+
+    def _start(self) -> bool:
+        """Spawn the simulator (when wanted) and then every stage process, last stage first; wait for ready."""
+        from core import numba_cache
+
+        timeout = self.cfg.supervisor.ready_timeout_s
+        self.cold_cache = not numba_cache.is_warm()
+        if self.cold_cache:
+            log.info(numba_cache.cold_start_message(), extra={"cache": os.environ.get("NUMBA_CACHE_DIR")})
+        if SIMULATOR in self.procs:
+            self.spawn(self.procs[SIMULATOR])
+            if not self.wait_ready([SIMULATOR], timeout):
+                return False
+        order = list(reversed(stage_processes(self.cfg)))
+        for n in order:
+            self.spawn(self.procs[n])
+        return self.wait_ready(order, timeout)
+
+    def run(self, duration_s: float | None = None) -> int:
+        from core import numba_cache
+
+        numba_cache.configure()  # children inherit it; a no-op when the CLI already did it
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        forced = False
+        try:
+            try:
+                self.create_rings()
+            except Exception as exc:  # noqa: BLE001 - reported, then a clean non-zero exit
+                log.error("cannot create rings: %s", exc)
+                self.exit_code = EXIT_FAIL
+                return self.exit_code
+            self.start_metrics()
+            if not self._start():
+                self.exit_code = EXIT_FAIL if not self.stop_signals else EXIT_OK
+                if self.exit_code:
+                    log.error("start-up failed; shutting down")
+            else:
+                self.started = True
+                now = time.monotonic()
+                for p in self.procs.values():
+                    if p.stages:
+                        self._go(p, now)
+                self.cold_start_ms = round((now - self.t_start) * 1000, 1)
+                log.info("all processes ready", extra={"cold_start_ms": self.cold_start_ms,
+                                                        "cold_cache": self.cold_cache})
+                if self.cold_cache:  # the next cold start's estimate ("~N s")
+                    try:
+                        (numba_cache.cache_base() / numba_cache.COMPILE_ESTIMATE_FILE).write_text(
+                            f"{self.cold_start_ms / 1000:.0f}\n")
+                    except OSError:
+                        pass
+                t_ready = time.monotonic()
+                while not self.stop_signals:
+                    if duration_s is not None and time.monotonic() - t_ready >= duration_s:
+                        log.info("duration of %.1f s elapsed", duration_s)
+                        break
+                    if not self.check():
+                        break
+                    self.refresh_view()
+                    self._wait(TICK_S)
+                self.flow_s = round(time.monotonic() - t_ready, 3)
+                if self.stop_signals:
+                    log.info("stop requested by signal")
+            self.shutdown()
+        except KeyboardInterrupt:
+            forced = True
+            log.error("second stop signal: killing every process now")
+            self.exit_code = EXIT_FAIL
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.kill_all()
+            self.final = self.summary()
+            self.stop_metrics()  # before the rings go: it reads their headers
+            self.unlink_rings()
+            for r in self.rings.values():
+                r.close()
+            if forced:
+                self.final["forced"] = True
+        return self.exit_code
