@@ -1,6 +1,7 @@
 # Shared by start.sh and test.sh: create/reuse .venv and install the project.
 # ensure_venv [extra]: installs ".[extra]" editable when the venv is new or
-# pyproject.toml is newer than the last install.
+# pyproject.toml is newer than the last install, then compiles the numba
+# kernels into the keyed cache (core/numba_cache.py) so the first start is warm.
 VENV="${RINGTRADER_VENV:-$PWD/.venv}"
 ensure_venv() {
     local extra="${1:-}"
@@ -22,5 +23,7 @@ ensure_venv() {
         echo "installing ringtrader$([ -n "$extra" ] && echo "[$extra]") into $VENV ..." >&2
         "$VENV/bin/python" -m pip install -q -e "$spec" >&2
         touch "$stamp"
+        "$VENV/bin/python" -m core.numba_cache --warm config/system.json >&2 \
+            || echo "warning: could not warm the numba cache; the first start compiles the kernels instead" >&2
     fi
 }

@@ -29,7 +29,6 @@ Reports updates/s and ratios. Timing only: nothing here is a test.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
+
+from core.numba_cache import configure  # noqa: E402
+
+configure()  # before numba is imported: the keyed cache dir
 
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402

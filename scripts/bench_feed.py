@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Feed benchmarks: (a) frame decode cost, (b) end-to-end feed throughput.
 
-    NUMBA_CACHE_DIR=.numba_cache .venv/bin/python scripts/bench_feed.py [--quick] [--json] [--cpu N]
+    .venv/bin/python scripts/bench_feed.py [--quick] [--json] [--cpu N]
 
 Part (a), decode: for three real Binance frames (a 10+10-level depth diff, a
 trade and a bookTicker, copied byte for byte from the hftbacktest BTCUSDT
@@ -48,6 +48,10 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without an install
     sys.path.insert(0, str(ROOT))
+
+from core.numba_cache import configure  # noqa: E402
+
+configure()  # before numba is imported: the keyed cache dir
 
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One-hop latency and throughput of the shared-memory ring against its baselines.
 
-    NUMBA_CACHE_DIR=.numba_cache .venv/bin/python scripts/bench_rings.py [--quick] [--json]
+    .venv/bin/python scripts/bench_rings.py [--quick] [--json]
 
 What it measures, all in one run on one host, producer and consumer in two
 spawned processes pinned to two different CPUs (the first two this process
@@ -74,6 +74,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without an install
     sys.path.insert(0, str(ROOT))
+
+from core.numba_cache import configure  # noqa: E402
+
+configure()  # before numba is imported (here and in the spawned ends, which inherit the dir)
 
 import multiprocessing as mp  # noqa: E402
 

@@ -19,14 +19,16 @@ book. Exit status 1 if any chain break went unnoticed or a book crossed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
+
+from core.numba_cache import configure  # noqa: E402
+
+configure()  # before numba is imported: the keyed cache dir
 
 import orjson  # noqa: E402
 

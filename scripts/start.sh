@@ -13,7 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv
-export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 config="config/system.json"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
     config="$1"   # first argument without a leading dash: the config file

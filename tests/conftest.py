@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR
+from core.numba_cache import configure
+
+# Before anything imports numba: the keyed cache dir (absolute, in os.environ,
+# so processes that tests start in other working directories share it).
+configure()
+
+from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
-
-# Absolute, so processes that tests start in other working directories share the cache.
-os.environ["NUMBA_CACHE_DIR"] = os.path.abspath(os.environ.get("NUMBA_CACHE_DIR", PROJECT_ROOT / ".numba_cache"))
 
 
 @pytest.fixture(scope="session")
