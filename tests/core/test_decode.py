@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from collections import Counter
 
 import numpy as np
 import orjson
@@ -21,6 +22,7 @@ from core.decode import (
     MAX_RECORDS_PER_FRAME,
     Decoder,
 )
+from core.decode_kernels import MAX_FAST_WHOLE, MAX_INT_DIGITS
 from core.errors import ConfigError, RingError
 from core.recordings import KIND_SNAPSHOT, KIND_WS, Frame, iter_frames, iter_recording_dir, iter_session
 from core.records import (
@@ -355,23 +357,24 @@ def test_wrong_out_dtype_is_misuse(dec):
 
 
 # ---------------------------------------------------------------------------
-# property: on generated depth frames, fast == reference (records and error kinds)
+# property: on generated depth frames, fast == reference (records and error kinds),
+# and the fast path really decoded them (a decline compares the reference with itself)
 # ---------------------------------------------------------------------------
-_dec_text = st.one_of(
+_fast_dec = st.one_of(  # the decimal forms Binance sends, all of which the fast path takes
+    st.builds(lambda w, f: f"{w}.{f}", st.integers(0, MAX_FAST_WHOLE), st.text("0123456789", min_size=1, max_size=8)),
+    st.integers(0, MAX_FAST_WHOLE).map(str),
+)
+_any_dec = st.one_of(  # anything: bad numbers, too many places, out of range, "5.", ".5", ""
     st.builds(lambda w, f: f"{w}.{f}", st.integers(0, 10**12), st.text("0123456789", min_size=1, max_size=10)),
     st.text("0123456789.-e", min_size=0, max_size=14),
 )
-_level = st.tuples(_dec_text, _dec_text)
+_fast_level = st.tuples(_fast_dec, _fast_dec)
+_MAX_FAST_ID = 10**MAX_INT_DIGITS - 1  # the fast path reads ids of <= 18 digits (Binance's are far shorter)
+_run = Counter()  # tallies of one run of _check_generated_depth_frame, read by the test that runs it
 
 
-@settings(max_examples=250, deadline=None)
-@given(bids=st.lists(_level, max_size=6), asks=st.lists(_level, max_size=6),
-       first=st.integers(0, 2**63 - 1), span=st.integers(0, 50), sym=st.sampled_from(["BTCUSDT", "ETHUSDT", "XRPUSDT"]),
-       envelope=st.booleans())
-def test_generated_depth_frames_fast_equals_reference(bids, asks, first, span, sym, envelope):
-    data = {"e": "depthUpdate", "E": 1723161255308, "s": sym, "U": first, "u": min(first + span, 2**63 - 1),
-            "b": [list(x) for x in bids], "a": [list(x) for x in asks]}
-    frame = orjson.dumps({"stream": f"{sym.lower()}@depth@100ms", "data": data} if envelope else data)
+def _fast_vs_reference(frame: bytes) -> Decoder:
+    """Decode ``frame`` both ways and assert the same records and error kinds; returns the fast decoder."""
     fast, ref = Decoder(["BTCUSDT", "ETHUSDT"]), Decoder(["BTCUSDT", "ETHUSDT"])
     out_f, out_r = np.zeros(16, MD_EVENT), np.zeros(16, MD_EVENT)
     n = fast.decode(frame, 99, out_f)
@@ -379,6 +382,51 @@ def test_generated_depth_frames_fast_equals_reference(bids, asks, first, span, s
     assert n == m
     assert np.array_equal(out_f[:n], out_r[:m])
     assert fast.errors == ref.errors
+    assert fast.fast + fast.slow == 1
+    return fast
+
+
+def _depth_frame(sym: str, first: int, span: int, bids: list, asks: list, envelope: bool) -> bytes:
+    data = {"e": "depthUpdate", "E": 1723161255308, "s": sym, "U": first, "u": min(first + span, 2**63 - 1),
+            "b": [list(x) for x in bids], "a": [list(x) for x in asks]}
+    return orjson.dumps({"stream": f"{sym.lower()}@depth@100ms", "data": data} if envelope else data)
+
+
+@settings(max_examples=250, deadline=None)
+@given(bids=st.lists(_fast_level, max_size=6), asks=st.lists(_fast_level, max_size=6),
+       first=st.integers(0, _MAX_FAST_ID - 50), span=st.integers(0, 50), sym=st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+       envelope=st.booleans(), fault=st.sampled_from(["level", "symbol", "long_id"]), data=st.data())
+def _check_generated_depth_frame(bids, asks, first, span, sym, envelope, fault, data):
+    # the frame as Binance sends it: the fast path must decode it, to the reference path's records
+    fast = _fast_vs_reference(_depth_frame(sym, first, span, bids, asks, envelope))
+    _run["examples"] += 1
+    _run["declined"] += fast.slow
+    # the same frame with one fault: still the same records and error kinds (the fast path may decline)
+    if fault == "level":
+        bids, asks = [list(x) for x in bids], [list(x) for x in asks]
+        if not bids and not asks:
+            bids = [["1.0", "1.0"]]
+        levels = bids + asks
+        k = data.draw(st.integers(0, 2 * len(levels) - 1))
+        levels[k // 2][k % 2] = data.draw(_any_dec)
+        frame = _depth_frame(sym, first, span, bids, asks, envelope)
+    elif fault == "symbol":
+        frame = _depth_frame("XRPUSDT", first, span, bids, asks, envelope)
+    else:  # valid, but an id longer than the fast path reads
+        frame = _depth_frame(sym, data.draw(st.integers(_MAX_FAST_ID + 1, 2**63 - 1)), span, bids, asks, envelope)
+    _run["faulty"] += 1
+    _run["faulty_declined"] += _fast_vs_reference(frame).slow
+
+
+def test_generated_depth_frames_fast_equals_reference_and_the_fast_path_takes_every_binance_shaped_one():
+    _run.clear()
+    _check_generated_depth_frame()
+    assert _run["examples"] >= 100, _run
+    # every Binance-shaped frame went the fast way, so each comparison was fast vs reference, not
+    # the reference against itself (which is what a decline compares)
+    assert _run["declined"] == 0, _run
+    # and the faulty variants took the declining path often enough to test it too
+    assert _run["faulty_declined"] > 0.25 * _run["faulty"], _run
 
 
 # ---------------------------------------------------------------------------
