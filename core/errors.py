@@ -5,14 +5,23 @@
     RingtraderError
      ├── ConfigError            bad config file / env override (exit code 2)
      ├── FixedPointError        text that is not an exact decimal in range
-     ├── RingError              misuse of a shared-memory ring
-     │    ├── RingMismatchError     attach with a different dtype/version/capacity
-     │    ├── RingNotFoundError     attach to a segment that does not exist
-     │    └── RingExistsError       create over a live segment
      ├── DecodeError            a frame the feed cannot decode (counted, skipped)
      ├── VenueError             an exchange answered with an error body
      │    └── RateLimitedError      HTTP 429/418 with Retry-After
      └── WorkerError            a worker failed to start or became unhealthy
+
+    RingError                  misuse of a shared-memory ring    (ringbuffers.errors, re-exported)
+     ├── RingMismatchError     attach with a different dtype/version/capacity
+     ├── RingNotFoundError     attach to a segment that does not exist
+     └── RingExistsError       create over a live segment
+
+The ring errors are defined by the rings (``ringbuffers.errors``: the rings are
+a generic transport and import nothing of ours) and re-exported here as the
+same class objects, so ``except core.errors.RingError`` catches what a ring
+raises. They are a second root: ``except RingtraderError`` does not catch
+them (Python matches ``except`` on the real base classes only, and the rings
+cannot derive from ours); catch ``(RingtraderError, RingError)`` for "any
+error of ours".
 
 Third-party exceptions are translated at the edge with ``raise ... from exc``.
 Full rings, lapped consumers and stale diffs are normal outcomes: they are
@@ -20,6 +29,13 @@ return values and counters, not exceptions.
 """
 
 from __future__ import annotations
+
+from ringbuffers.errors import RingError, RingExistsError, RingMismatchError, RingNotFoundError
+
+__all__ = [
+    "ConfigError", "DecodeError", "FixedPointError", "RateLimitedError", "RingError", "RingExistsError",
+    "RingMismatchError", "RingNotFoundError", "RingtraderError", "VenueError", "WorkerError",
+]
 
 
 class RingtraderError(Exception):
@@ -37,22 +53,6 @@ class ConfigError(RingtraderError):
 
 class FixedPointError(RingtraderError, ValueError):
     """Text that is not an exact decimal within the fixed-point range."""
-
-
-class RingError(RingtraderError):
-    """Misuse of a ring (bad capacity, bad consumer index, closed ring)."""
-
-
-class RingMismatchError(RingError):
-    """Attach found a segment whose layout differs from what the caller expects."""
-
-
-class RingNotFoundError(RingError):
-    """Attach to a segment that does not exist."""
-
-
-class RingExistsError(RingError):
-    """Create over a segment that exists and whose owner is alive."""
 
 
 class DecodeError(RingtraderError):

@@ -323,19 +323,6 @@ def _check_layouts() -> None:
 _check_layouts()
 
 
-def dtype_fingerprint(dt: np.dtype) -> int:
-    """A stable 63-bit fingerprint of a dtype's names, formats and offsets.
-
-    Stored in each ring header so that attaching with a different layout fails.
-    """
-    import hashlib
-
-    desc = repr([(n, dt.fields[n][0].str, dt.fields[n][0].shape, dt.fields[n][1]) for n in dt.names])
-    desc += f"|{dt.itemsize}"
-    digest = hashlib.blake2b(desc.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & INT64_MAX
-
-
 def dtype_name(dt: np.dtype) -> str:
     """The records.py name of a dtype, or a description of it if it is not ours."""
     for name, known in ALL_DTYPES.items():

@@ -114,6 +114,39 @@ def fence_release(typingctx):
 
 
 @intrinsic
+def fence_seq_cst(typingctx):
+    """Full barrier: prior loads *and stores* are ordered before later loads (``MFENCE`` on x86-64).
+
+    The only ordering x86-64 TSO does not give for free (store -> load), needed
+    where each side stores its own flag and then loads the other's (Dekker):
+    the producer's publish store -> waiter load, see ``ring.nb_notify``.
+    """
+
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def exchange(typingctx, arr, idx, val):
+    """Atomically ``old = arr[idx]; arr[idx] = val; return old`` (int64 array), sequentially consistent.
+
+    ``XCHG`` on x86-64, which is also a full barrier.
+    """
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        value = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("xchg", ptr, value, "seq_cst")
+
+    return types.int64(arr, idx, val), codegen
+
+
+@intrinsic
 def cpu_pause(typingctx):
     """The x86 ``PAUSE`` spin-wait hint."""
 

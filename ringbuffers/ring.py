@@ -17,7 +17,7 @@ line pair so that adjacent-line prefetch never shares a written line)::
                   +8  version       LAYOUT_VERSION                       create()
                   +16 capacity      power of two                         create()
                   +24 itemsize      record bytes                         create()
-                  +32 fingerprint   core.records.dtype_fingerprint       create()
+                  +32 fingerprint   ringbuffers.dtypes.dtype_fingerprint create()
                   +40 consumers     number of consumer cursors           create()
                   +48 policy        0 = block, 1 = overwrite             create()
                   +56 owner_pid     pid of the creating process          create()
@@ -29,12 +29,21 @@ line pair so that adjacent-line prefetch never shares a written line)::
                   +16 stalls        times a publish found the ring full  producer
                   +24 producer_pid  pid of the attached producer         producer
                   +32 gate_cache    last seen slowest consumer cursor     producer
-    256+128*i   CONSUMER i (LINE_PAIR bytes)
+                  +40 wakes         FUTEX_WAKE syscalls made             producer
+    256         WAITERS (LINE_PAIR bytes)
+                  +0  waiting       1: a consumer may sleep in FUTEX_WAIT consumers (xchg 1), producer (xchg 0)
+    384+128*i   CONSUMER i (LINE_PAIR bytes)
                   +0  cursor        seq of the next record to read       consumer i (release)
                   +8  lapped        times it was overrun (overwrite)     consumer i
                   +16 lost          records it lost to overruns          consumer i
                   +24 consumer_pid  pid of the attached consumer         consumer i
+                  +32 waits         FUTEX_WAITs it entered               consumer i
     records_off RECORDS  capacity * itemsize, starts on a line pair
+
+The futex word is the low 32 bits of ``publish`` (bytes +0..+3 of the
+PRODUCER block: x86-64 is little-endian). ``waiting`` has a line pair of its
+own: the producer loads it after every publish and it stays in the producer's
+cache, unchanged, until a consumer goes to sleep.
 
 Publish protocol: write the record(s) into their slots, then store
 ``publish`` with release semantics. Read protocol: load ``publish`` with
@@ -58,6 +67,39 @@ below ``claim - capacity`` is discarded and reported as lost. A lapped
 consumer therefore gets an explicit lost count equal to exactly the records
 it did not see, and never a torn or mixed record.
 
+Sleeping consumers (futex)
+--------------------------
+A consumer that found nothing may sleep in the kernel until the producer
+publishes (``Ring.wait``, used by ``ringbuffers.idle.Futex``):
+
+1. ``waiting = 1`` with an atomic exchange (``XCHG``: a full barrier);
+2. re-load ``publish``; if records arrived, return;
+3. ``FUTEX_WAIT`` on the low half of ``publish`` with the value it loaded
+   and a time-out (the kernel sleeps only if the word still holds it);
+4. re-check on return (woken, word changed, timed out or a signal).
+
+The producer, after its release store of ``publish`` (every Python producer
+path: ``publish``, ``publish_batch``, ``commit``, ``publish_wait``), runs
+``notify``: a full barrier, then a load of ``waiting``; only if it is set,
+``waiting = 0`` (exchange) and ``FUTEX_WAKE`` of all waiters. With nobody
+asleep this costs a fence and a load, no syscall. The two barriers are what
+prevent the classic lost wake-up: x86-64 TSO lets a store be passed by a
+later load of another address, so without them the producer could read
+``waiting == 0`` while the consumer reads the old ``publish`` and sleeps.
+With them, either the consumer sees the new ``publish`` (step 2) or the
+producer sees ``waiting == 1`` and wakes it; the kernel's value check in
+step 3 covers a wake that arrives before the consumer is queued. The
+producer (not the consumer) clears ``waiting``, so with several consumers
+none can clear another's announcement, and a burst of publishes after a
+wake-up makes one syscall, not one per record. A consumer that timed out
+leaves ``waiting`` set: at most one needless wake syscall per time-out.
+
+Numba producers (``nb_publish_end``, ``nb_publish_copy`` inside a worker's
+own kernel) do not notify: call ``nb_notify(ctrl)`` in the kernel after the
+publishes of a batch, or ``Ring.notify()`` from Python after the kernel
+returns. A publisher that does neither leaves a sleeping consumer asleep
+until its time-out (latency, never a hang or lost data).
+
 Memory ordering is documented in ``ringbuffers.atomics``: LLVM atomics in
 numba (any CPU LLVM supports), numpy aligned stores ordered by x86-64 TSO in
 plain Python (x86-64 only; import refuses elsewhere).
@@ -80,24 +122,28 @@ from multiprocessing import resource_tracker, shared_memory
 import numba as nb
 import numpy as np
 
-from core.errors import RingError, RingExistsError, RingMismatchError, RingNotFoundError
-from core.records import CACHE_LINE, dtype_fingerprint, dtype_name
 from ringbuffers.atomics import (
     check_cpu,
     cpu_pause,
+    exchange,
     fence_acquire,
     fence_release,
+    fence_seq_cst,
     load_acquire,
     load_relaxed,
     store_release,
 )
+from ringbuffers.dtypes import describe_dtype, dtype_fingerprint
+from ringbuffers.errors import RingError, RingExistsError, RingMismatchError, RingNotFoundError
+from ringbuffers.futex import futex_wait, nb_futex_wake
 
 check_cpu()
 
+CACHE_LINE = 64  # bytes; record itemsizes must be multiples of it
 LINE_PAIR = 2 * CACHE_LINE
 WORD = 8
 MAGIC = int.from_bytes(b"RTRING01", "little")
-LAYOUT_VERSION = 2  # 2: producer gate cache
+LAYOUT_VERSION = 3  # 2: producer gate cache; 3: futex waiters block, wakes/waits counters
 
 POLICY_BLOCK = 0
 POLICY_OVERWRITE = 1
@@ -123,13 +169,18 @@ P_CLAIM = PRODUCER_OFF // WORD + 1
 P_STALLS = PRODUCER_OFF // WORD + 2
 P_PID = PRODUCER_OFF // WORD + 3
 P_GATE = PRODUCER_OFF // WORD + 4  # cached min consumer cursor (a lower bound: cursors only grow)
+P_WAKES = PRODUCER_OFF // WORD + 5  # FUTEX_WAKE syscalls the producer made
 
-CONSUMERS_OFF = 2 * LINE_PAIR
+WAITERS_OFF = 2 * LINE_PAIR
+W_WAITING = WAITERS_OFF // WORD + 0  # 1 while a consumer may be asleep in FUTEX_WAIT on publish
+
+CONSUMERS_OFF = 3 * LINE_PAIR
 C_STRIDE = LINE_PAIR // WORD  # words between consumer blocks
 C_CURSOR = 0
 C_LAPPED = 1
 C_LOST = 2
 C_PID = 3
+C_WAITS = 4
 
 MAX_CONSUMERS = 64
 SEGMENT_PREFIX = "ringtrader."
@@ -218,6 +269,56 @@ def nb_publish_copy(ctrl, slots, records):
         slots[(seq + i) & mask] = records[i]
     nb_publish_end(ctrl, seq + n)
     return n
+
+
+@nb.njit(cache=True)
+def nb_notify(ctrl):
+    """Producer: wake consumers asleep on ``publish`` (see "Sleeping consumers"). Returns 1 if it woke.
+
+    Call after ``nb_publish_end``/``nb_publish_copy`` (once per batch is
+    enough); a numba publisher that does not call it (or ``Ring.notify``
+    after its kernel) leaves a futex-waiting consumer asleep until its
+    time-out. With nobody asleep: one fence and one load.
+    """
+    fence_seq_cst()  # our publish store before the load of ``waiting`` (store -> load)
+    if load_relaxed(ctrl, W_WAITING) == 0:
+        return 0
+    if exchange(ctrl, W_WAITING, 0) == 0:
+        return 0  # another notify took it
+    ctrl[P_WAKES] += 1
+    nb_futex_wake(ctrl, P_PUBLISH)
+    return 1
+
+
+@nb.njit(cache=True)
+def nb_fence_seq_cst():
+    """A full barrier callable from Python (a no-argument call: the cheapest numba dispatch)."""
+    fence_seq_cst()
+
+
+@nb.njit(cache=True)
+def nb_announce_waiter(ctrl):
+    """Consumer: set ``waiting`` (an exchange: a full barrier before the caller re-loads ``publish``)."""
+    exchange(ctrl, W_WAITING, 1)
+
+
+_warm = False
+
+
+def warm_notify_kernels() -> None:
+    """Load (compile or read from cache) the notify/wait kernels now, on a scratch header.
+
+    Run once per process when a producer or a futex-waiting consumer is set
+    up, so the first publish of a live loop does not pay for it.
+    """
+    global _warm
+    if _warm:
+        return
+    scratch = np.zeros(CONSUMERS_OFF // WORD, np.int64)  # waiting == 0: nb_notify makes no syscall
+    nb_fence_seq_cst()
+    nb_notify(scratch)
+    nb_announce_waiter(scratch)
+    _warm = True
 
 
 @nb.njit(cache=True)
@@ -384,8 +485,11 @@ class Ring:
         self._claim_seq = 0
         self._pending = 0  # records handed out by poll() and not yet released
         self._copy_buf: np.ndarray | None = None
+        # The futex word: low 32 bits of ``publish`` (little-endian), by address (no buffer export).
+        self._publish_addr = self.ctrl.ctypes.data + P_PUBLISH * WORD
         if role == "producer":
             self.ctrl[P_PID] = os.getpid()
+            warm_notify_kernels()
         elif self.consumer_index >= 0:
             self.ctrl[consumer_word(self.consumer_index, C_PID)] = os.getpid()
 
@@ -448,7 +552,7 @@ class Ring:
                 if int(head[H_FINGERPRINT]) != want_fp or int(head[H_ITEMSIZE]) != dtype.itemsize:
                     problems.append(
                         f"record dtype: segment itemsize {int(head[H_ITEMSIZE])} fingerprint "
-                        f"{int(head[H_FINGERPRINT]):#x}, caller {dtype_name(dtype)} itemsize {dtype.itemsize} "
+                        f"{int(head[H_FINGERPRINT]):#x}, caller {describe_dtype(dtype)} itemsize {dtype.itemsize} "
                         f"fingerprint {want_fp:#x}"
                     )
                 consumers = int(head[H_CONSUMERS])
@@ -499,6 +603,23 @@ class Ring:
         if self.policy == POLICY_BLOCK:
             w[P_CLAIM] = end_seq
         w[P_PUBLISH] = end_seq  # after the slot stores (TSO)
+        nb_fence_seq_cst()  # the publish store before the load of ``waiting`` (see notify)
+        if w[W_WAITING]:
+            nb_notify(self.ctrl)
+
+    def notify(self) -> bool:
+        """Wake consumers asleep in ``wait`` (``FUTEX_WAKE``) if any announced itself. Returns whether it woke.
+
+        The Python producer methods do this themselves. A numba producer
+        (``nb_publish_end``/``nb_publish_copy`` inside a worker's kernel)
+        must call ``nb_notify(ctrl)`` in the kernel or this method after the
+        kernel returns, or a futex-waiting consumer sleeps until its time-out.
+        With nobody asleep it costs a fence and a load, no syscall.
+        """
+        nb_fence_seq_cst()
+        if self._w[W_WAITING]:
+            return bool(nb_notify(self.ctrl))
+        return False
 
     def publish(self, record) -> int:
         """Publish one record (a ``np.void`` of the ring's dtype or a tuple). Returns seq or ``FULL``."""
@@ -657,6 +778,40 @@ class Ring:
         finally:
             self.release()
         return len(p.records)
+
+    def wait(self, timeout_ns: int) -> int:
+        """Consumer: sleep in the kernel until the producer publishes or ``timeout_ns`` passes.
+
+        Returns the records available to this consumer now (0 after a
+        time-out, a signal or a spurious wake-up: callers just poll again).
+        Returns at once if records are already available or ``timeout_ns``
+        <= 0. The protocol (and why it cannot miss a wake-up) is in the
+        module docstring, "Sleeping consumers".
+        """
+        cw = self._require_consumer()
+        w = self._w
+        avail = w[P_PUBLISH] - w[cw]
+        if avail > 0 or timeout_ns <= 0:
+            return avail
+        nb_announce_waiter(self.ctrl)  # waiting = 1, full barrier
+        seen = w[P_PUBLISH]
+        avail = seen - w[cw]
+        if avail > 0:
+            return avail
+        w[consumer_word(self.consumer_index, C_WAITS)] += 1
+        futex_wait(self._publish_addr, seen, timeout_ns)
+        return w[P_PUBLISH] - w[cw]
+
+    @property
+    def wakes(self) -> int:
+        """FUTEX_WAKE syscalls the producer of this ring made (any process)."""
+        return int(self.ctrl[P_WAKES])
+
+    @property
+    def waits(self) -> int:
+        """FUTEX_WAITs this consumer entered."""
+        self._require_consumer()
+        return int(self.ctrl[consumer_word(self.consumer_index, C_WAITS)])
 
     def lag(self) -> int:
         """Records published and not yet read by this consumer."""

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import RingError
+from ringbuffers.errors import RingError
 from core.records import BENCH
 from ringbuffers.ring import FULL, Ring, nb_poll_copy, nb_publish_copy, segment_name
 
