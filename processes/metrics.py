@@ -18,22 +18,24 @@ moment of the scrape and cost the workers nothing:
 ``ringtrader_ring_capacity``             gauge      {ring} slots
 =======================================  =========  ===========================================
 
-Worker and latency figures come from ``view()``, a dict the supervisor
+Process and latency figures come from ``view()``, a dict the supervisor
 rebuilds from its heartbeats twice a second (replaced whole, so the scrape
 thread never sees a half-built one):
 
-=============================================  =======  ==============================================
-``ringtrader_worker_up``                       gauge    {worker} 1 while running and heartbeating
-``ringtrader_worker_restarts_total``           counter  {worker}
-``ringtrader_worker_restarts_via_spare_total`` counter  {worker} restarts served by the warm spare
-``ringtrader_worker_heartbeat_age_seconds``    gauge    {worker} since its last heartbeat
-``ringtrader_worker_recovery_seconds``         gauge    {worker} last crash detected -> replacement ready
-``ringtrader_spare_started_total``             counter  spare processes started
-``ringtrader_spare_used_total``                counter  spares that became a worker
-``ringtrader_spare_ready``                     gauge    1 while a warmed spare is waiting
-``ringtrader_hop_latency_us``                  gauge    {hop,quantile} cumulative since start (0.5 ... 0.999; 1 = max)
-``ringtrader_hop_latency_samples_total``       counter  {hop}
-=============================================  =======  ==============================================
+==============================================  =======  ==============================================
+``ringtrader_process_up``                       gauge    {process} 1 while running and heartbeating
+``ringtrader_process_restarts_total``           counter  {process} (its stages restart with it)
+``ringtrader_process_restarts_via_spare_total`` counter  {process} restarts served by the warm spare
+``ringtrader_process_heartbeat_age_seconds``    gauge    {process} since its last heartbeat
+``ringtrader_process_recovery_seconds``         gauge    {process} last crash detected -> replacement ready
+``ringtrader_process_idle_ratio``               gauge    {process} share of its time in its idle strategy
+``ringtrader_stage_process``                    gauge    {stage,process} 1: the placement
+``ringtrader_spare_started_total``              counter  spare processes started
+``ringtrader_spare_used_total``                 counter  spares that became a process
+``ringtrader_spare_ready``                      gauge    1 while a warmed spare is waiting
+``ringtrader_hop_latency_us``                   gauge    {hop,quantile} cumulative since start (0.5 ... 0.999; 1 = max)
+``ringtrader_hop_latency_samples_total``        counter  {hop}
+==============================================  =======  ==============================================
 """
 
 from __future__ import annotations
@@ -107,15 +109,20 @@ class RingtraderCollector(Collector):
     @staticmethod
     def _worker_metrics(view: dict):
         now = time.monotonic()
-        up = GaugeMetricFamily(PREFIX + "worker_up", "1 while the worker is running", labels=["worker"])
-        restarts = CounterMetricFamily(PREFIX + "worker_restarts", "Worker restarts", labels=["worker"])
-        via_spare = CounterMetricFamily(PREFIX + "worker_restarts_via_spare",
-                                        "Worker restarts served by the pre-warmed spare process", labels=["worker"])
-        hb_age = GaugeMetricFamily(PREFIX + "worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat",
-                                   labels=["worker"])
-        recovery = GaugeMetricFamily(PREFIX + "worker_recovery_seconds",
-                                     "Last restart: crash detected -> replacement ready", labels=["worker"])
-        for name, w in (view.get("workers") or {}).items():
+        up = GaugeMetricFamily(PREFIX + "process_up", "1 while the process is running", labels=["process"])
+        restarts = CounterMetricFamily(PREFIX + "process_restarts", "Process restarts (every stage it hosts restarts "
+                                                                     "with it)", labels=["process"])
+        via_spare = CounterMetricFamily(PREFIX + "process_restarts_via_spare",
+                                        "Process restarts served by the pre-warmed spare process", labels=["process"])
+        hb_age = GaugeMetricFamily(PREFIX + "process_heartbeat_age_seconds",
+                                   "Seconds since the process's last heartbeat", labels=["process"])
+        recovery = GaugeMetricFamily(PREFIX + "process_recovery_seconds",
+                                     "Last restart: crash detected -> replacement ready", labels=["process"])
+        idle = GaugeMetricFamily(PREFIX + "process_idle_ratio", "Share of its running time the process spent in its "
+                                                                "idle strategy", labels=["process"])
+        placed = GaugeMetricFamily(PREFIX + "stage_process", "1 for the process that hosts each stage (the "
+                                                             "placement)", labels=["stage", "process"])
+        for name, w in (view.get("processes") or {}).items():
             up.add_metric([name], 1 if w["up"] else 0)
             restarts.add_metric([name], w["restarts"])
             via_spare.add_metric([name], w["via_spare"])
@@ -123,7 +130,11 @@ class RingtraderCollector(Collector):
                 hb_age.add_metric([name], max(0.0, now - w["last_hb"]))
             if w["recovery_ms"] is not None:
                 recovery.add_metric([name], w["recovery_ms"] / 1000.0)
-        yield from (up, restarts, via_spare, hb_age, recovery)
+            if w.get("idle_fraction") is not None:
+                idle.add_metric([name], w["idle_fraction"])
+            for st in w.get("stages") or ():
+                placed.add_metric([st, name], 1)
+        yield from (up, restarts, via_spare, hb_age, recovery, idle, placed)
 
         sp = view.get("spares") or {}
         yield CounterMetricFamily(PREFIX + "spare_started", "Spare worker processes started",

@@ -53,14 +53,18 @@ import sys
 import time
 import traceback
 
-import numpy as np
+from core import numba_cache
 
-from core import records
-from core.config import RINGS, SystemConfig
-from core.latency import LatencySet
-from core.topology import consumer_index, process_rings
-from ringbuffers.control import ControlQueue
-from ringbuffers.ring import Ring, segment_name
+numba_cache.configure()  # before core.latency / ringbuffers.ring load numba; spawned processes inherit the dir
+
+import numpy as np  # noqa: E402
+
+from core import records  # noqa: E402
+from core.config import RINGS, SystemConfig  # noqa: E402
+from core.latency import LatencySet  # noqa: E402
+from core.topology import consumer_index, process_rings  # noqa: E402
+from ringbuffers.control import ControlQueue  # noqa: E402
+from ringbuffers.ring import Ring, segment_name  # noqa: E402
 
 EXIT_OK = 0
 EXIT_CRASH = 1
@@ -157,13 +161,14 @@ class ProcessContext:
         gc.freeze()
         self.event("ready", pid=os.getpid(), incarnation=self.incarnation, stages=list(self.process.stages),
                    **self.start_info)
-        while not self._stop:
-            for m in self._cmd_q.get_many(timeout=0.05):
+        started = False
+        while not self._stop and not started:
+            for m in self._cmd_q.get_many(timeout=0.05):  # keep what follows the go in the same batch
                 kind = m.get("type")
                 if kind == "start":
+                    started = True
                     self._next_hb = 0  # the first heartbeat goes out with the flow
-                    return
-                if kind == "shutdown":
+                elif kind == "shutdown":
                     self._stop = True
                 else:
                     self._pending.append(m)

@@ -31,8 +31,8 @@ def test_system_json_loads_into_typed_frozen_objects():
     assert cfg.instruments[0].tick_size == FIXED_SCALE // 100  # "0.01" exactly
     assert cfg.risk.max_position_size == FIXED_SCALE // 100  # "0.01"
     assert cfg.rings["orders"].policy == "block" and cfg.rings["md"].capacity == 65536
-    assert set(cfg.processes["feed"].cpus) <= set(os.sched_getaffinity(0))
-    assert cfg.processes["feed"].idle.strategy == "backoff"
+    assert set(cfg.placement["feed"].cpus) <= set(os.sched_getaffinity(0))
+    assert cfg.placement["feed"].idle.strategy == "backoff"
     assert cfg.metrics.host == "127.0.0.1"
     assert cfg.supervisor.spare_worker is True  # a warm spare process by default
     assert cfg.book.bar_intervals_ms == (1000, 60000) and cfg.book.levels_capacity >= 5000  # no book section: defaults
@@ -43,16 +43,47 @@ def test_system_json_loads_into_typed_frozen_objects():
 def test_dedicated_host_json_is_valid_apart_from_this_hosts_cpus():
     cfg = load_config(DEDICATED, env={}, host_cpus=None)
     hot = ("feed", "book", "signal", "risk", "execution")
-    assert all(cfg.processes[n].idle.strategy == "busy_spin" for n in hot)
-    cores = [cfg.processes[n].cpus for n in hot]
+    assert all(cfg.process_of(n).stages == (n,) for n in hot)  # one process per stage
+    assert all(cfg.process_of(n).idle.strategy == "busy_spin" for n in hot)
+    cores = [cfg.process_of(n).cpus for n in hot]
     assert all(len(c) == 1 for c in cores) and len({c[0] for c in cores}) == len(hot)  # one core each
+
+
+def test_small_host_placement_runs_the_feed_alone_and_the_other_stages_in_one_engine():
+    cfg = load_config(SYSTEM, env={}, host_cpus=None)
+    assert {n: p.stages for n, p in cfg.placement.items() if p.stages} == {
+        "feed": ("feed",), "engine": ("book", "signal", "risk", "execution")}
+    assert cfg.process_of("risk").name == "engine" and cfg.simulator_enabled
+
+
+def test_topology_derives_the_shutdown_order_event_routes_and_hops():
+    from core.topology import HOPS, event_route, process_rings, shutdown_plan
+
+    cfg = load_config(SYSTEM, env={}, host_cpus=None)
+    assert shutdown_plan(cfg) == [("feed", ()), ("engine", ("md",)), ("simulator", ())]
+    pr = process_rings(cfg, "engine")
+    assert pr.external == ("md",) and set(pr.internal) == {"book", "signals", "orders", "reports"}
+    assert (event_route(cfg, "resync"), event_route(cfg, "halt"), event_route(cfg, "cancel_all")) == (
+        "feed", "engine", "engine")
+    assert HOPS[0] == "feed" and HOPS[-1] == "end_to_end" and "signals->risk" in HOPS and "reports->risk" in HOPS
+    ded = load_config(DEDICATED, env={}, host_cpus=None)
+    plan = shutdown_plan(ded)
+    assert [n for n, _ in plan] == ["feed", "book", "signal", "risk", "execution", "simulator"]
+    assert dict(plan)["risk"] == ("book", "signals", "reports") and dict(plan)["execution"] == ("book", "orders")
+    assert event_route(ded, "cancel_all") == "execution"
+
+
+def test_stages_of_a_process_run_in_pipeline_order_whatever_the_file_says():
+    data = base()
+    data["placement"]["engine"]["stages"] = ["execution", "book", "risk", "signal"]
+    assert parse_config(data).placement["engine"].stages == ("book", "signal", "risk", "execution")
 
 
 def test_env_override_changes_a_key_and_its_error_names_the_variable():
     cfg = load_config(SYSTEM, env={"RINGTRADER__RISK__MAX_POSITION_SIZE": "0.5", "RINGTRADER__MODE": "paper",
-                                   "RINGTRADER__PROCESSES__FEED__CPUS": "[0]"})
+                                   "RINGTRADER__PLACEMENT__FEED__CPUS": "[0]"})
     assert cfg.risk.max_position_size == FIXED_SCALE // 2
-    assert cfg.mode == "paper" and cfg.processes["feed"].cpus == (0,)
+    assert cfg.mode == "paper" and cfg.placement["feed"].cpus == (0,)
     with pytest.raises(ConfigError) as err:
         load_config(SYSTEM, env={"RINGTRADER__RISK__MAX_POSITION_SIZE": "-1"})
     assert str(err.value) == "risk.max_position_size (from $RINGTRADER__RISK__MAX_POSITION_SIZE) must be > 0, got -1"
@@ -96,7 +127,14 @@ BAD = [
     ("wrong type", _set("rings.md.capacity", "big"), "rings.md.capacity must be an integer, got string"),
     ("negative limit", _set("risk.max_position_size", -1), "risk.max_position_size must be > 0, got -1"),
     ("unknown mode", _set("mode", "yolo"), "mode must be one of sim, paper, live, got \"yolo\""),
-    ("bad cpu id", _set("processes.book.cpus", [0, 4096]), "processes.book.cpus[1] CPU 4096 is not available"),
+    ("bad cpu id", _set("placement.engine.cpus", [0, 4096]), "placement.engine.cpus[1] CPU 4096 is not available"),
+    ("feed shares a process", _set("placement.feed.stages", ["feed", "book"]), "stage feed runs its own event loop"),
+    ("stage in two processes", _set("placement.feed.stages", ["book"]), "stage book is already placed in process"),
+    ("stage not placed", _set("placement.engine.stages", ["book", "signal", "risk"]), "places no process for stage(s) execution"),
+    ("unknown stage", _set("placement.engine.stages", ["book", "signals"]), "placement.engine.stages[1] must be one of"),
+    ("unknown idle", _set("placement.engine.idle", {"strategy": "nap"}), "placement.engine.idle.strategy must be one of"),
+    ("old processes section", _set("processes", {}), "processes was replaced by \"placement\""),
+    ("stage module of another process", _set("placement.engine.modules", {"feed": "x"}), "placement.engine.modules.feed is not a stage of this process"),
     ("overwrite order ring", _set("rings.orders.policy", "overwrite"), "rings.orders.policy must be block"),
     ("capacity not power of two", _set("rings.book.capacity", 1000), "rings.book.capacity must be a power of two"),
     ("recording rotation", _set("market_data.recording_rotate_mb", 0), "market_data.recording_rotate_mb must be > 0"),

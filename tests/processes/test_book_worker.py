@@ -44,7 +44,10 @@ F = to_fixed
 def _config(instance: str, md_capacity: int, md_policy: str):
     d = json.loads((ROOT / "config" / "system.json").read_text())
     d["instance"] = instance
-    d["processes"]["simulator"]["enabled"] = False
+    proto = {k: v for k, v in d["placement"]["engine"].items() if k != "stages"}
+    # the book stage alone in its process: the test is its feed and its consumer
+    d["placement"] = {st: {**proto, "stages": [st]} for st in ("feed", "book", "signal", "risk", "execution")}
+    d["placement"]["simulator"] = {"cpus": proto["cpus"], "enabled": False}
     d["rings"]["md"].update(capacity=md_capacity, policy=md_policy)
     d["rings"]["book"]["capacity"] = 4096
     d["book"] = {"bar_watermark_ms": 100, "depth_throttle_ms": 0}
@@ -128,6 +131,7 @@ class BookProc:
         final = self.wait_event(lambda m: m["type"] == "final", 15)
         self.proc.join(10)
         assert self.proc.exitcode == 0
+        final["stats"] = final["stages"]["book"]  # the book stage's counters
         return final
 
     def close(self) -> None:
@@ -304,11 +308,12 @@ def test_lapped_md_ring_invalidates_every_book_asks_for_resyncs_and_recovers_aft
     assert (s["lapped"], s["md_lost"], s["books_valid"]) == (1, 200 - 64, 2)
 
 
-def test_warm_loads_every_kernel_signature_the_worker_then_calls_on_ring_slots(instance):
-    """A restarted worker must not compile on its first record: warm() covers the types of real ring slots."""
+def test_warm_loads_every_kernel_signature_the_stage_then_calls_on_ring_slots(instance):
+    """A restarted stage must not compile on its first record: warm() covers the types of real ring slots."""
     from core.book_worker_kernels import mark_all_invalid, on_timer, process_md_batch
     from processes import book
-    from processes.runtime import WorkerContext
+    from processes.runtime import ProcessContext
+    from processes.stage import StageContext
 
     cfg = _config(instance, 64, "overwrite")
     book.warm(cfg)
@@ -318,16 +323,16 @@ def test_warm_loads_every_kernel_signature_the_worker_then_calls_on_ring_slots(i
     out = Ring.create(segment_name(instance, "book"), BOOK_EVENT, 64, 1, "block")
     cmd, evt = ControlQueue(1 << 14), ControlQueue(1 << 20)
     try:
-        ctx = WorkerContext("book", cfg, cmd, evt, incarnation=1)
+        ctx = StageContext("book", ProcessContext("book", cfg, cmd, evt, incarnation=1))
         ctx.inputs["md"] = Ring.attach(md.name, MD_EVENT, 0)
         ctx.outputs["book"] = out
-        w = book.BookWorker(cfg, ctx)
+        w = book.make_stage(cfg, ctx)
         md.publish_batch(np.concatenate([md_snapshot(0, 5, bids=[(F("1"), F("1"))], asks=[(F("2"), F("1"))]),
                                          md_diff(0, 6, 6, bids=[(F("1"), F("2"))]), md_trade(0, 1, F("1"), 1, 10)]))
-        assert w.step() == 6
+        assert w.do_work() == 6
         w.timer(time.monotonic_ns() + 10**10)
         md.publish_batch(np.concatenate([md_diff(0, u, u) for u in range(7, 107)]))  # laps the 64-slot ring
-        w.step()
+        w.do_work()
         assert [len(k.signatures) for k in kernels] == before
         reader = Ring.attach(out.name, BOOK_EVENT, 0)
         got = reader.poll(64).records.copy()
@@ -335,7 +340,7 @@ def test_warm_loads_every_kernel_signature_the_worker_then_calls_on_ring_slots(i
         reader.close()
         kinds = list(got["kind"])
         assert kinds.count(BK_BAR) >= 2 and kinds[-1] == BK_TOP and got[-1]["state"] == BOOK_INVALID
-        assert reason(got[-1]) == REASON_LAPPED and w.stats()["md_lost"] == 100 - 64
+        assert reason(got[-1]) == REASON_LAPPED and w.counters()["md_lost"] == 100 - 64
         ctx.inputs["md"].close()
     finally:
         for r in (md, out):

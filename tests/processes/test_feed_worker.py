@@ -1,7 +1,7 @@
 """The feed worker (processes/feed.py): md ring publishing, control plane, and the whole system run.
 
 In-process: the worker's asyncio loop with a real md ring, a stand-in
-control plane (the runtime's ``WorkerContext`` contract) and the simulator on
+control plane (the ``StageContext`` contract of ``processes.stage``) and the simulator on
 port 0. As a process: ``python -m processes.supervisor`` in sim mode with the
 exchange feed and recording on.
 """
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeCtx:
-    """The parts of ``processes.runtime.WorkerContext`` the feed uses; commands are injected by the test."""
+    """The parts of ``processes.stage.StageContext`` the feed uses; commands are injected by the test."""
 
     def __init__(self, ring: Ring):
         self.outputs = {"md": ring}
@@ -184,20 +184,21 @@ def test_supervised_sim_run_feeds_the_pipeline_and_records_a_replayable_session(
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(d))
     summary_path = tmp_path / "summary.json"
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(ROOT / ".numba_cache"))
+    env = dict(os.environ)  # conftest configured the keyed numba cache (core.numba_cache)
     try:
         p = subprocess.run([sys.executable, "-m", "processes.supervisor", "--config", str(cfg_path), "--duration", "4",
                             "--summary-json", str(summary_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=150)
+                           timeout=400)
     finally:
         for seg in os.listdir("/dev/shm"):
             if seg.startswith(f"ringtrader.{inst}."):
                 os.unlink(os.path.join("/dev/shm", seg))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     s = json.loads(summary_path.read_text())
-    fc = s["workers"]["feed"]["counters"]
+    fc = s["stages"]["feed"]["counters"]
     assert fc["connects"] == 1 and fc["snapshots"] == 2 and fc["frames"] > 100
-    assert fc["decode_errors_total"] == 0 and fc["md_full"] == 0 and s["workers"]["feed"]["restarts"] == 0
+    assert fc["decode_errors_total"] == 0 and fc["md_full"] == 0 and s["processes"]["feed"]["restarts"] == 0
+    assert s["restarts"] == 0  # the first start kills nobody (heartbeats count only after the go)
     assert s["rings"]["md"]["published"] == fc["records"] == s["rings"]["md"]["consumed"]["book"]
     assert s["latency"]["feed"]["count"] == fc["frames"] + fc["snapshots"]
     # the recording holds every frame and both snapshot bodies; decoding it gives the ring's records

@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.config import PIPELINE, RINGS, load_config
+from core.config import RINGS, STAGES, load_config
 from processes.supervisor import LogSink, Supervisor
 from ringbuffers.ring import list_segments
 
-from test_supervisor import Run, attach_monitors, close_all, instance, msg, small_config, wait_flow  # noqa: F401
+from test_supervisor import Run, attach_monitors, close_all, instance, msg, small_config, split_placement, wait_flow  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,14 +56,15 @@ def alive(pid: int) -> bool:
 
 def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_nothing_outlives_the_run(
         tmp_path, instance):  # noqa: F811 - the fixture imported above
-    run = Run(tmp_path, small_config(instance))
+    # one process per stage (the dedicated host's shape): two processes can crash independently
+    run = Run(tmp_path, small_config(instance, placement=split_placement()))
     try:
         listening = run.wait_event(msg("metrics endpoint listening"), 60)
         url = f"http://127.0.0.1:{listening['port']}/metrics"
-        run.wait_event(msg("all workers ready"), 90)
-        first = {n: run.wait_event(msg(f"{n} ready"), 5) for n in PIPELINE}
+        run.wait_event(msg("all processes ready"), 240)
+        first = {n: run.wait_event(msg(f"{n} ready"), 5) for n in STAGES}
         spare = run.wait_event(msg("spare 1 ready"), 60)
-        assert set(spare["serves"]) == set(PIPELINE)
+        assert set(spare["serves"]) == set(STAGES)
 
         # counters straight from the ring headers, and they move
         m1 = scrape(url)
@@ -77,10 +78,12 @@ def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_
                 assert val(m2, "ringtrader_ring_lag", ring=ring, consumer=c) >= 0
                 assert val(m2, "ringtrader_ring_lost_total", ring=ring, consumer=c) == 0
             assert val(m2, "ringtrader_ring_stalls_total", ring=ring) >= 0
-        for n in PIPELINE:
-            assert val(m2, "ringtrader_worker_up", worker=n) == 1
-            assert val(m2, "ringtrader_worker_restarts_total", worker=n) == 0
-            assert 0 <= val(m2, "ringtrader_worker_heartbeat_age_seconds", worker=n) < 5
+        for n in STAGES:
+            assert val(m2, "ringtrader_process_up", process=n) == 1
+            assert val(m2, "ringtrader_process_restarts_total", process=n) == 0
+            assert 0 <= val(m2, "ringtrader_process_heartbeat_age_seconds", process=n) < 5
+            assert 0 <= val(m2, "ringtrader_process_idle_ratio", process=n) <= 1
+            assert val(m2, "ringtrader_stage_process", stage=n, process=n) == 1
         assert val(m2, "ringtrader_spare_ready") == 1
         assert val(m2, "ringtrader_hop_latency_samples_total", hop="end_to_end") > 0
         assert 0 < val(m2, "ringtrader_hop_latency_us", hop="end_to_end", quantile="0.5") <= val(
@@ -109,8 +112,8 @@ def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_
             close_all(mons)
         run.wait_event(msg("spare 2 ready"), 60)  # the next spare, started once the replacements were ready
         m3 = scrape(url)
-        assert val(m3, "ringtrader_worker_restarts_total", worker="book") == 1
-        assert val(m3, "ringtrader_worker_restarts_total", worker="signal") == 1
+        assert val(m3, "ringtrader_process_restarts_total", process="book") == 1
+        assert val(m3, "ringtrader_process_restarts_total", process="signal") == 1
         assert val(m3, "ringtrader_spare_used_total") == 1 and val(m3, "ringtrader_spare_started_total") == 2
         assert val(m3, "ringtrader_ring_published_total", ring="md") > val(m2, "ringtrader_ring_published_total",
                                                                            ring="md")
@@ -119,7 +122,7 @@ def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_
         assert run.wait(30) == 0
         pids = {ev["pid"] for ev in run.events if isinstance(ev.get("pid"), int) and ev.get("proc") == "supervisor"}
         pids.discard(run.p.pid)
-        assert len(pids) >= 2 + len(PIPELINE) + 1  # workers, replacements and spares were all logged
+        assert len(pids) >= 2 + len(STAGES) + 1  # processes, replacements and spares were all logged
         deadline = time.monotonic() + 5  # orphans are reaped by init asynchronously
         while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -133,9 +136,9 @@ def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_
 
         s = run.summary()
         assert s["spares"]["started"] == 2 and s["spares"]["used"] == 1 and s["spares"]["failed"] == 0
-        assert sum(s["workers"][n]["restarts_via_spare"] for n in ("book", "signal")) == 1
+        assert sum(s["processes"][n]["restarts_via_spare"] for n in ("book", "signal")) == 1
         for n in ("book", "signal"):
-            w = s["workers"][n]
+            w = s["processes"][n]
             assert w["restarts"] == 1 and len(w["recovery_ms"]) == 1 and len(w["crash_to_ready_ms"]) == 1
         # block rings: the replacements resumed from their consumers' cursors, nothing lost, all drained
         for r in RINGS:
@@ -195,7 +198,7 @@ def test_spare_warms_every_worker_and_exits_when_its_supervisor_is_killed(tmp_pa
     try:
         ready = json.loads(parent.stdout.readline())
         assert ready is not None, "the spare never said ready"
-        assert set(ready["workers"]) == set(PIPELINE) and alive(ready["pid"])
+        assert set(ready["workers"]) == {"feed", "engine"} and alive(ready["pid"])
         parent.kill()  # the supervisor dies without a word: SIGKILL, nothing forwarded
         parent.wait(10)
         deadline = time.monotonic() + 10
