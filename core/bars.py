@@ -1,7 +1,8 @@
 """Time-bar (kline) aggregation kernels over trades.
 
-State: one int64 row per (symbol, interval) in ``bars[n_symbols, n_intervals,
-BAR_NCOLS]``; the interval lengths are ``intervals_ms[n_intervals]``. A bar
+State: one ``BAR_ROW`` record per (symbol, interval) in ``bars[n_symbols,
+n_intervals]`` (named fields: ``row.open_ms``, ``row.high``...); the interval
+lengths are ``intervals_ms[n_intervals]``. A bar
 covers ``[open_ms, open_ms + interval)`` by EXCHANGE trade time ``T`` (UTC
 epoch ms, aligned to multiples of the interval, exactly like Binance klines),
 so the fields equal Binance's kline fields when built from the same trades:
@@ -43,34 +44,36 @@ import numpy as np
 
 from core.records import BK_BAR, FIXED_SCALE
 
-# bar row columns
-B_OPEN_MS = 0  # open time of the current bar, -1 before the first trade
-B_O = 1
-B_H = 2
-B_L = 3
-B_C = 4
-B_VOL = 5
-B_QV = 6  # quote volume, whole 1e-8 units
-B_QV_REM = 7  # quote volume remainder, 1e-16 units (< 1e8)
-B_TBB = 8
-B_TBQ = 9
-B_TBQ_REM = 10
-B_N = 11  # trade count
-B_FIRST = 12
-B_LAST = 13
-B_PREV_CLOSE = 14  # close of the last non-empty bar (0 before any)
-B_LATE = 15  # trades that arrived after their bar closed
-B_CLOSED = 16  # bars closed (published or skipped empty ones)
-BAR_NCOLS = 17
+# One record per (symbol, interval), declared once here and checked at import.
+BAR_ROW = np.dtype([
+    ("open_ms", np.int64),  # open time of the current bar, -1 before the first trade
+    ("open", np.int64),
+    ("high", np.int64),
+    ("low", np.int64),
+    ("close", np.int64),
+    ("volume", np.int64),
+    ("quote", np.int64),  # quote volume, whole 1e-8 units
+    ("quote_rem", np.int64),  # quote volume remainder, 1e-16 units (< 1e8)
+    ("taker_base", np.int64),
+    ("taker_quote", np.int64),
+    ("taker_quote_rem", np.int64),
+    ("trades", np.int64),  # trade count
+    ("first_id", np.int64),
+    ("last_id", np.int64),
+    ("prev_close", np.int64),  # close of the last non-empty bar (0 before any)
+    ("closed", np.int64),  # bars closed (published or skipped empty ones)
+], align=True)
+if BAR_ROW.itemsize != 128:
+    raise ImportError(f"BAR_ROW layout drifted: itemsize {BAR_ROW.itemsize}")
 
 _S = np.int64(FIXED_SCALE)
 
 
 def alloc_bars(n_symbols: int, n_intervals: int) -> np.ndarray:
-    bars = np.zeros((n_symbols, n_intervals, BAR_NCOLS), dtype=np.int64)
-    bars[:, :, B_OPEN_MS] = -1
-    bars[:, :, B_FIRST] = -1
-    bars[:, :, B_LAST] = -1
+    bars = np.zeros((n_symbols, n_intervals), dtype=BAR_ROW)
+    bars["open_ms"] = -1
+    bars["first_id"] = -1
+    bars["last_id"] = -1
     return bars
 
 
@@ -89,76 +92,76 @@ def mul_fixed(p, q):
 
 @nb.njit(cache=True, nogil=True)
 def _reset_row(row, open_ms):
-    row[B_OPEN_MS] = open_ms
-    row[B_O] = 0
-    row[B_H] = 0
-    row[B_L] = 0
-    row[B_C] = 0
-    row[B_VOL] = 0
-    row[B_QV] = 0
-    row[B_QV_REM] = 0
-    row[B_TBB] = 0
-    row[B_TBQ] = 0
-    row[B_TBQ_REM] = 0
-    row[B_N] = 0
-    row[B_FIRST] = -1
-    row[B_LAST] = -1
+    row.open_ms = open_ms
+    row.open = 0
+    row.high = 0
+    row.low = 0
+    row.close = 0
+    row.volume = 0
+    row.quote = 0
+    row.quote_rem = 0
+    row.taker_base = 0
+    row.taker_quote = 0
+    row.taker_quote_rem = 0
+    row.trades = 0
+    row.first_id = -1
+    row.last_id = -1
 
 
 @nb.njit(cache=True, nogil=True)
 def bar_add_trade(row, px, qty, first_id, last_id, buyer_maker):
     """Add one trade (or aggTrade covering trade ids first_id..last_id) to the open bar."""
-    if row[B_N] == 0:
-        row[B_O] = px
-        row[B_H] = px
-        row[B_L] = px
-        row[B_FIRST] = first_id
+    if row.trades == 0:
+        row.open = px
+        row.high = px
+        row.low = px
+        row.first_id = first_id
     else:
-        if px > row[B_H]:
-            row[B_H] = px
-        if px < row[B_L]:
-            row[B_L] = px
-    row[B_C] = px
-    row[B_LAST] = last_id
-    row[B_N] += last_id - first_id + 1
-    row[B_VOL] += qty
+        if px > row.high:
+            row.high = px
+        if px < row.low:
+            row.low = px
+    row.close = px
+    row.last_id = last_id
+    row.trades += last_id - first_id + 1
+    row.volume += qty
     w, r = mul_fixed(px, qty)
-    row[B_QV] += w
-    row[B_QV_REM] += r
-    if row[B_QV_REM] >= _S:
-        row[B_QV] += 1
-        row[B_QV_REM] -= _S
+    row.quote += w
+    row.quote_rem += r
+    if row.quote_rem >= _S:
+        row.quote += 1
+        row.quote_rem -= _S
     if not buyer_maker:  # buyer was the taker
-        row[B_TBB] += qty
-        row[B_TBQ] += w
-        row[B_TBQ_REM] += r
-        if row[B_TBQ_REM] >= _S:
-            row[B_TBQ] += 1
-            row[B_TBQ_REM] -= _S
+        row.taker_base += qty
+        row.taker_quote += w
+        row.taker_quote_rem += r
+        if row.taker_quote_rem >= _S:
+            row.taker_quote += 1
+            row.taker_quote_rem -= _S
 
 
 @nb.njit(cache=True, nogil=True)
 def bar_write(row, interval_ms, ev):
     """Write the open bar of ``row`` into BOOK_EVENT record ``ev`` (payload and kind only)."""
     ev.kind = BK_BAR
-    ev.bar_open_ms = row[B_OPEN_MS]
-    ev.bar_close_ms = row[B_OPEN_MS] + interval_ms - 1
+    ev.bar_open_ms = row.open_ms
+    ev.bar_close_ms = row.open_ms + interval_ms - 1
     ev.bar_interval_ms = interval_ms
-    ev.bar_volume = row[B_VOL]
-    ev.bar_quote_volume = row[B_QV]
-    ev.bar_taker_buy_base = row[B_TBB]
-    ev.bar_taker_buy_quote = row[B_TBQ]
-    ev.bar_trades = row[B_N]
-    ev.bar_first_trade_id = row[B_FIRST]
-    ev.bar_last_trade_id = row[B_LAST]
-    if row[B_N] > 0:
-        ev.bar_open = row[B_O]
-        ev.bar_high = row[B_H]
-        ev.bar_low = row[B_L]
-        ev.bar_close = row[B_C]
-        ev.bar_vwap = (row[B_QV] + row[B_QV_REM] / FIXED_SCALE) / row[B_VOL] if row[B_VOL] > 0 else np.nan
+    ev.bar_volume = row.volume
+    ev.bar_quote_volume = row.quote
+    ev.bar_taker_buy_base = row.taker_base
+    ev.bar_taker_buy_quote = row.taker_quote
+    ev.bar_trades = row.trades
+    ev.bar_first_trade_id = row.first_id
+    ev.bar_last_trade_id = row.last_id
+    if row.trades > 0:
+        ev.bar_open = row.open
+        ev.bar_high = row.high
+        ev.bar_low = row.low
+        ev.bar_close = row.close
+        ev.bar_vwap = (row.quote + row.quote_rem / FIXED_SCALE) / row.volume if row.volume > 0 else np.nan
     else:
-        pc = row[B_PREV_CLOSE]
+        pc = row.prev_close
         ev.bar_open = pc
         ev.bar_high = pc
         ev.bar_low = pc
@@ -169,14 +172,14 @@ def bar_write(row, interval_ms, ev):
 @nb.njit(cache=True, nogil=True)
 def bar_close_due(row, interval_ms, t_ms):
     """True when the open bar must close before time ``t_ms`` (exchange ms) is handled."""
-    return row[B_OPEN_MS] >= 0 and t_ms >= row[B_OPEN_MS] + interval_ms
+    return row.open_ms >= 0 and t_ms >= row.open_ms + interval_ms
 
 
 @nb.njit(cache=True, nogil=True)
 def bar_should_publish(row, emit_empty):
     """Whether the open bar, now closing, is published: it had trades, or it is
     empty, empty bars are wanted and a previous close exists to fill it with."""
-    return row[B_N] > 0 or (emit_empty and row[B_PREV_CLOSE] > 0)
+    return row.trades > 0 or (emit_empty and row.prev_close > 0)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -187,13 +190,13 @@ def bar_advance(row, interval_ms, t_ms, emit_empty):
     When empty bars are not published, a run of empty intervals up to the one
     containing ``t_ms`` is skipped in one step.
     """
-    if row[B_N] > 0:
-        row[B_PREV_CLOSE] = row[B_C]
-    nxt = row[B_OPEN_MS] + interval_ms
+    if row.trades > 0:
+        row.prev_close = row.close
+    nxt = row.open_ms + interval_ms
     if not emit_empty and t_ms >= nxt + interval_ms:
         nxt = t_ms - t_ms % interval_ms
     _reset_row(row, nxt)
-    row[B_CLOSED] += 1
+    row.closed += 1
 
 
 @nb.njit(cache=True, nogil=True)

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from core.records import FIXED_SCALE
 
@@ -73,7 +75,7 @@ def side_key(side, px):
     return px if side == SIDE_BID else -px
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, inline="always")
 def _lower_bound(k, n, key):
     """First index i in k[:n] with k[i] >= key (n if none).
 
@@ -112,24 +114,70 @@ def _compact(k, q, n):
     return m
 
 
+_SHORT_SHIFT = 16  # shorter moves are a plain loop; longer ones one memmove
+
+
+@intrinsic
+def _memmove_slots(typingctx, a, dst, src, n):
+    """a[dst:dst+n] = a[src:src+n] for a 1-D contiguous array (overlap allowed): LLVM's memmove.
+
+    A numba loop over ``a[j] = a[j - 1]`` stays a scalar loop (the index
+    wrap-around check hides the idiom from LLVM); the recorded streams shift
+    ~280 slots on a deep insert.
+    """
+    sig = nb.types.void(a, nb.types.intp, nb.types.intp, nb.types.intp)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        dptr = builder.gep(ary.data, [args[1]])
+        sptr = builder.gep(ary.data, [args[2]])
+        cgutils.raw_memmove(builder, dptr, sptr, args[3], context.get_abi_sizeof(ary.data.type.pointee))
+
+    return sig, codegen
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _shift_up(a, i, end):
+    """a[i+1:end+1] = a[i:end] (overlapping)."""
+    if end - i > _SHORT_SHIFT:
+        _memmove_slots(a, i + 1, i, end - i)
+        return
+    j = end
+    while j > i:
+        a[j] = a[j - 1]
+        j -= 1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _shift_down(a, lo, hi):
+    """a[lo:hi] = a[lo+1:hi+1] (overlapping)."""
+    if hi - lo > _SHORT_SHIFT:
+        _memmove_slots(a, lo, lo + 1, hi - lo)
+        return
+    for j in range(lo, hi):
+        a[j] = a[j + 1]
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _insert_at(k, q, i, end, key, qty):
     """Move k/q[i:end] one slot up (slot ``end`` is free or a tombstone) and put the level at ``i``."""
-    j = end
-    while j > i:
-        k[j] = k[j - 1]
-        q[j] = q[j - 1]
-        j -= 1
+    _shift_up(k, i, end)
+    _shift_up(q, i, end)
     k[i] = key
     q[i] = qty
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def book_set_level(keys, qtys, count, sym, side, px, qty):
     """Set the absolute quantity of one level; ``qty == 0`` removes it. Returns SET_*."""
-    k = keys[sym, side]
-    q = qtys[sym, side]
-    n = count[sym, side]
+    return book_set_level_row(keys[sym, side], qtys[sym, side], count[sym], side, px, qty)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def book_set_level_row(k, q, cnt, side, px, qty):
+    """``book_set_level`` on one side's arrays ``k = keys[sym, side]``, ``q = qtys[sym, side]`` and
+    ``cnt = count[sym]`` (callers that apply many levels of one symbol take the views once)."""
+    n = cnt[side]
     cap = k.shape[0]
     key = side_key(side, px)
     i = _lower_bound(k, n, key)
@@ -142,15 +190,15 @@ def book_set_level(keys, qtys, count, sym, side, px, qty):
             # keep the best slot live: drop trailing tombstones
             while n > 0 and q[n - 1] == 0:
                 n -= 1
-            count[sym, 2 + side] -= (count[sym, side] - 1) - n  # interior tombstones passed over
-            count[sym, side] = n
+            cnt[2 + side] -= (cnt[side] - 1) - n  # interior tombstones passed over
+            cnt[side] = n
         else:
-            count[sym, 2 + side] += 1
+            cnt[2 + side] += 1
         return SET_REMOVED
     if found:
         if q[i] == 0:
             q[i] = qty
-            count[sym, 2 + side] -= 1
+            cnt[2 + side] -= 1
             return SET_INSERTED
         q[i] = qty
         return SET_UPDATED
@@ -158,9 +206,9 @@ def book_set_level(keys, qtys, count, sym, side, px, qty):
     if i > 0 and q[i - 1] == 0:  # reuse the tombstone right below
         k[i - 1] = key
         q[i - 1] = qty
-        count[sym, 2 + side] -= 1
+        cnt[2 + side] -= 1
         return SET_INSERTED
-    if count[sym, 2 + side] > 0:
+    if cnt[2 + side] > 0:
         # shift only as far as the nearest tombstone, if one is close
         hi = i + _GAP_SCAN if i + _GAP_SCAN < n else n
         lo = i - 1 - _GAP_SCAN if i - 1 - _GAP_SCAN > 0 else 0
@@ -170,40 +218,38 @@ def book_set_level(keys, qtys, count, sym, side, px, qty):
             if up < hi:
                 if q[up] == 0:
                     _insert_at(k, q, i, up, key, qty)  # the tombstone at ``up`` is overwritten
-                    count[sym, 2 + side] -= 1
+                    cnt[2 + side] -= 1
                     return SET_INSERTED
                 up += 1
             if down >= lo:
                 if q[down] == 0:
                     # move k[down+1:i] one slot down, new level at i-1
-                    for j in range(down, i - 1):
-                        k[j] = k[j + 1]
-                        q[j] = q[j + 1]
+                    _shift_down(k, down, i - 1)
+                    _shift_down(q, down, i - 1)
                     k[i - 1] = key
                     q[i - 1] = qty
-                    count[sym, 2 + side] -= 1
+                    cnt[2 + side] -= 1
                     return SET_INSERTED
                 down -= 1
-    if n == cap and count[sym, 2 + side] > 0:
+    if n == cap and cnt[2 + side] > 0:
         n = _compact(k, q, n)
-        count[sym, side] = n
-        count[sym, 2 + side] = 0
+        cnt[side] = n
+        cnt[2 + side] = 0
         i = _lower_bound(k, n, key)
     if n < cap:
         _insert_at(k, q, i, n, key, qty)
-        count[sym, side] = n + 1
+        cnt[side] = n + 1
         # many tombstones make every scan longer: squeeze them out now and then
-        t = count[sym, 2 + side]
+        t = cnt[2 + side]
         if t > 64 and 2 * t > n:
-            count[sym, side] = _compact(k, q, n + 1)
-            count[sym, 2 + side] = 0
+            cnt[side] = _compact(k, q, n + 1)
+            cnt[2 + side] = 0
         return SET_INSERTED
     # full and no tombstone: index 0 is the worst stored level
     if i == 0:
         return SET_OVERFLOW  # worse than everything we keep: drop the update
-    for j in range(0, i - 1):
-        k[j] = k[j + 1]
-        q[j] = q[j + 1]
+    _shift_down(k, 0, i - 1)
+    _shift_down(q, 0, i - 1)
     k[i - 1] = key
     q[i - 1] = qty
     return SET_OVERFLOW
@@ -264,17 +310,32 @@ def _finish_side(k, q, n):
             break
     if ordered:
         return n, SNAP_OK
-    # Rare path (levels not best-first or duplicated): sort, last duplicate wins.
-    order = np.argsort(k[:n], kind="mergesort")
-    ks = k[:n][order]
-    qs = q[:n][order]
+    # Rare path (levels not best-first or duplicated): a stable sort in place
+    # (binary insertion; allocation-free so the worker's kernels can run
+    # without NRT reference counting), then the last of equal keys wins.
+    for t in range(1, n):
+        key = k[t]
+        qty = q[t]
+        lo = 0
+        hi = t
+        while lo < hi:  # first index in k[:t] with k > key: equal keys keep their order
+            mid = (lo + hi) >> 1
+            if k[mid] <= key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < t:
+            _shift_up(k, lo, t)
+            _shift_up(q, lo, t)
+            k[lo] = key
+            q[lo] = qty
     m = 0
     for t in range(n):
-        if m > 0 and ks[t] == k[m - 1]:
-            q[m - 1] = qs[t]
+        if m > 0 and k[t] == k[m - 1]:
+            q[m - 1] = q[t]
         else:
-            k[m] = ks[t]
-            q[m] = qs[t]
+            k[m] = k[t]
+            q[m] = q[t]
             m += 1
     return m, SNAP_SORTED
 

@@ -24,8 +24,12 @@ rule), in the states this module keeps::
 * Only ``ST_SYNCED`` is VALID. A crossed book after a whole diff is applied,
   a lapped ``md`` ring and a feed reconnect also invalidate.
 
-State lives in ``sync[n_symbols, SYNC_NCOLS]`` (int64) and a per-symbol diff
-buffer ``buf[n_symbols, buffer_capacity]`` of MD_EVENT records.
+State: one ``SYNC_ROW`` record per symbol in ``sync[n_symbols]`` (named
+fields: ``sync[sym].state``, ``sync[sym].book_id``, the counters...), a
+per-symbol diff buffer ``buf[n_symbols, buffer_capacity]`` of MD_EVENT records
+and ``resync[n_symbols]`` (uint8) flags. The kernels here take the book
+worker's whole state bundle ``st`` (``core.book_worker_kernels.BookState``)
+and a symbol id, or one ``SYNC_ROW`` record ``s``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from core.book import SET_OVERFLOW, book_is_crossed, book_set_level
+from core.book import SET_OVERFLOW, book_is_crossed, book_set_level, book_top
 from core.records import FLAG_END, MD_DEPTH_ASK, MD_DEPTH_BID, MD_EVENT
 
 # states
@@ -69,154 +73,161 @@ REASON_NAMES = {
     REASON_MALFORMED: "malformed", REASON_BUFFER_OVERFLOW: "buffer_overflow",
 }
 
-# sync row columns: state
-S_STATE = 0
-S_BOOK_ID = 1  # last applied update id (snapshot L, then each diff's u)
-S_SNAP_ID = 2  # lastUpdateId of the snapshot being staged
-S_SNAP_ACT = 3
-S_CUR_U = 4  # U, u and action of the diff being read
-S_CUR_UU = 5
-S_CUR_ACT = 6
-S_CUR_START = 7  # buffer index where the diff being buffered starts
-S_BUF_N = 8
-S_SEQ = 9  # next BOOK_EVENT seq
-S_TOP_BP = 10  # last published top and state (to publish only changes)
-S_TOP_BQ = 11
-S_TOP_AP = 12
-S_TOP_AQ = 13
-S_TOP_STATE = 14
-S_LAST_DEPTH_NS = 15
-S_REASON = 16  # reason of the last invalidation
-# sync row columns: counters
-C_APPLIED = 17  # diffs applied to the book
-C_CHAIN_BREAKS = 18
-C_RESYNCS = 19  # resyncs requested after an invalidation (the initial snapshot is not counted)
-C_CROSSED = 20
-C_STALE = 21  # diffs dropped because u <= book id
-C_BUFFERED = 22  # diffs buffered while waiting for a snapshot
-C_BUF_OVERFLOW = 23
-C_SNAP_TOO_OLD = 24
-C_SNAP_APPLIED = 25
-C_SNAP_IGNORED = 26
-C_LEVEL_OVERFLOW = 27
-C_MALFORMED = 28
-C_TICKERS = 29
-C_TRADES = 30
-C_RECONNECTS = 31
-C_LAPPED = 32
-C_LATE_TRADES = 33
-C_SNAP_FAILED = 34
-SYNC_NCOLS = 40
-
-COUNTER_NAMES = {
-    "applied": C_APPLIED, "chain_breaks": C_CHAIN_BREAKS, "resyncs": C_RESYNCS, "crossed": C_CROSSED,
-    "stale": C_STALE, "buffered": C_BUFFERED, "buffer_overflows": C_BUF_OVERFLOW,
-    "snapshots_too_old": C_SNAP_TOO_OLD, "snapshots_applied": C_SNAP_APPLIED,
-    "snapshots_ignored": C_SNAP_IGNORED, "level_overflows": C_LEVEL_OVERFLOW, "malformed": C_MALFORMED,
-    "tickers": C_TICKERS, "trades": C_TRADES, "reconnects": C_RECONNECTS, "lapped": C_LAPPED,
-    "late_trades": C_LATE_TRADES, "snapshot_failures": C_SNAP_FAILED,
-}
+# One row per symbol: ``sync[sym].state``, ``sync[sym].book_id``, ... Declared
+# once here with align=True and checked at import. The fields the per-record
+# path reads (state, diff in progress, buffer cursor) share the first cache line;
+# the last published top and the rare snapshot fields the second; the counters
+# (summed by ``BookEngine.totals``, named as reported) follow.
+SYNC_HOT_FIELDS = (
+    ("state", "ST_* state"),
+    ("book_id", "last applied update id (snapshot L, then each diff's u)"),
+    ("cur_act", "ACT_* of the diff being read (ACT_NONE between diffs)"),
+    ("cur_u", "first update id U of the diff being read"),
+    ("cur_uu", "last update id u of the diff being read"),
+    ("buf_n", "records in the diff buffer"),
+    ("cur_start", "buffer index where the diff being buffered starts"),
+    ("seq", "next BOOK_EVENT seq"),
+    ("top_bp", "last published top (BK_TOP is only published on a change)"),
+    ("top_bq", ""),
+    ("top_ap", ""),
+    ("top_aq", ""),
+    ("top_state", "BOOK_VALID/BOOK_INVALID of the last BK_TOP, -1 before the first"),
+    ("last_depth_ns", "recv_ns of the last BK_DEPTH (throttle)"),
+    ("reason", "REASON_* of the last invalidation"),
+    ("snap_act", "SNAP_* of the snapshot being read"),
+    ("snap_id", "lastUpdateId of the snapshot being staged"),
+)
+COUNTER_NAMES = (
+    "applied",  # diffs applied to the book
+    "chain_breaks",
+    "resyncs",  # resyncs requested after an invalidation (the initial snapshot is not counted)
+    "crossed",
+    "stale",  # diffs dropped because u <= book id
+    "buffered",  # diffs buffered while waiting for a snapshot
+    "buffer_overflows",
+    "snapshots_too_old",
+    "snapshots_applied",
+    "snapshots_ignored",
+    "level_overflows",
+    "malformed",
+    "tickers",
+    "trades",
+    "reconnects",
+    "lapped",
+    "late_trades",
+    "snapshot_failures",
+)
+_SYNC_PAD = 5  # to a whole number of cache lines
+SYNC_ROW = np.dtype([(name, np.int64) for name, _doc in SYNC_HOT_FIELDS]
+                    + [(name, np.int64) for name in COUNTER_NAMES]
+                    + [("_pad", np.int64, (_SYNC_PAD,))], align=True)
+if SYNC_ROW.itemsize != 320 or SYNC_ROW.fields["seq"][1] != 56 or SYNC_ROW.fields["applied"][1] != 136:
+    raise ImportError(f"SYNC_ROW layout drifted: itemsize {SYNC_ROW.itemsize}")
 
 
 def alloc_sync(n_symbols: int, buffer_capacity: int):
-    """(sync, buf, resync): sync rows, diff buffers, and the resync-request flags."""
-    sync = np.zeros((n_symbols, SYNC_NCOLS), dtype=np.int64)
-    sync[:, S_STATE] = ST_NO_SNAPSHOT
-    sync[:, S_TOP_STATE] = -1  # nothing published yet
-    sync[:, S_LAST_DEPTH_NS] = np.iinfo(np.int64).min // 2
-    sync[:, S_REASON] = REASON_START
+    """(sync, buf, resync): SYNC_ROW per symbol, diff buffers, and the resync-request flags."""
+    sync = np.zeros(n_symbols, dtype=SYNC_ROW)
+    sync["state"] = ST_NO_SNAPSHOT
+    sync["top_state"] = -1  # nothing published yet
+    sync["last_depth_ns"] = np.iinfo(np.int64).min // 2
+    sync["reason"] = REASON_START
     buf = np.zeros((n_symbols, buffer_capacity), dtype=MD_EVENT)
     resync = np.ones(n_symbols, dtype=np.uint8)  # every book starts by asking for a snapshot
     return sync, buf, resync
 
 
 @nb.njit(cache=True, nogil=True)
-def sync_decide(sync, sym, first_id, last_id):
-    """Action for a diff U=first_id, u=last_id given the current state (not ST_NO_SNAPSHOT)."""
-    book_id = sync[sym, S_BOOK_ID]
+def sync_decide(s, first_id, last_id):
+    """Action for a diff U=first_id, u=last_id given the state of row ``s`` (not ST_NO_SNAPSHOT)."""
+    book_id = s.book_id
     if last_id <= book_id:
         return ACT_DROP
-    if sync[sym, S_STATE] == ST_AWAIT_BRIDGE:
+    if s.state == ST_AWAIT_BRIDGE:
         return ACT_APPLY if first_id <= book_id + 1 else ACT_BREAK
     return ACT_APPLY if first_id == book_id + 1 else ACT_BREAK
 
 
 @nb.njit(cache=True, nogil=True)
-def sync_on_break(sync, resync, sym):
+def sync_on_break(st, sym):
     """A diff that neither bridges nor chains (``sync_decide`` said ACT_BREAK).
 
     Waiting for the bridge, it means the snapshot is older than the diffs
     (fetch again, as the procedure says); on a synced book it is a gap. Either
     way it is counted and the symbol goes INVALID with a resync requested.
     """
-    if sync[sym, S_STATE] == ST_AWAIT_BRIDGE:
-        sync[sym, C_SNAP_TOO_OLD] += 1
-        sync_set_invalid(sync, resync, sym, REASON_SNAPSHOT_TOO_OLD)
+    s = st.sync[sym]
+    if s.state == ST_AWAIT_BRIDGE:
+        s.snapshots_too_old += 1
+        sync_set_invalid(st, sym, REASON_SNAPSHOT_TOO_OLD)
     else:
-        sync[sym, C_CHAIN_BREAKS] += 1
-        sync_set_invalid(sync, resync, sym, REASON_GAP)
+        s.chain_breaks += 1
+        sync_set_invalid(st, sym, REASON_GAP)
 
 
 @nb.njit(cache=True, nogil=True)
-def sync_set_invalid(sync, resync, sym, reason):
+def sync_set_invalid(st, sym, reason):
     """Leave the synced path: wait for a new snapshot and ask the feed for one.
 
     The diff buffer and any diff in progress are the caller's business.
     """
-    sync[sym, S_STATE] = ST_NO_SNAPSHOT
-    sync[sym, S_REASON] = reason
-    sync[sym, S_SNAP_ACT] = SNAP_NONE
-    resync[sym] = 1
-    sync[sym, C_RESYNCS] += 1
+    s = st.sync[sym]
+    s.state = ST_NO_SNAPSHOT
+    s.reason = reason
+    s.snap_act = SNAP_NONE
+    st.resync[sym] = 1
+    s.resyncs += 1
 
 
 @nb.njit(cache=True, nogil=True)
-def _log_applied(diag, diag_n, sym, u, keys, qtys, count):
-    """Record (symbol, u, top) after an applied diff, for replay checks (optional)."""
-    d = diag_n[0]
+def _log_applied(st, sym, u):
+    """Record (symbol, u, top) after an applied diff, for replay checks (``st.diag`` may have 0 rows)."""
+    diag = st.diag
+    d = st.diag_n[0]
     if d >= diag.shape[0]:
         return
+    bp, bq, ap, aq = book_top(st.keys, st.qtys, st.count, sym)
     diag[d, 0] = sym
     diag[d, 1] = u
-    n = count[sym, 0]
-    diag[d, 2] = keys[sym, 0, n - 1] if n > 0 else 0
-    diag[d, 3] = qtys[sym, 0, n - 1] if n > 0 else 0
-    n = count[sym, 1]
-    diag[d, 4] = -keys[sym, 1, n - 1] if n > 0 else 0
-    diag[d, 5] = qtys[sym, 1, n - 1] if n > 0 else 0
-    diag_n[0] = d + 1
+    diag[d, 2] = bp
+    diag[d, 3] = bq
+    diag[d, 4] = ap
+    diag[d, 5] = aq
+    st.diag_n[0] = d + 1
 
 
 @nb.njit(cache=True, nogil=True)
-def sync_diff_applied(sync, resync, keys, qtys, count, sym, last_id, diag, diag_n):
+def sync_diff_applied(st, sym, last_id):
     """Bookkeeping after the last level of an applied diff. Returns False if the book crossed."""
-    sync[sym, S_BOOK_ID] = last_id
-    sync[sym, C_APPLIED] += 1
-    if sync[sym, S_STATE] == ST_AWAIT_BRIDGE:
-        sync[sym, S_STATE] = ST_SYNCED
-    _log_applied(diag, diag_n, sym, last_id, keys, qtys, count)
-    if book_is_crossed(keys, qtys, count, sym):
-        sync[sym, C_CROSSED] += 1
-        sync_set_invalid(sync, resync, sym, REASON_CROSSED)
+    s = st.sync[sym]
+    s.book_id = last_id
+    s.applied += 1
+    if s.state == ST_AWAIT_BRIDGE:
+        s.state = ST_SYNCED
+    if st.diag.shape[0]:
+        _log_applied(st, sym, last_id)
+    if book_is_crossed(st.keys, st.qtys, st.count, sym):
+        s.crossed += 1
+        sync_set_invalid(st, sym, REASON_CROSSED)
         return False
     return True
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def apply_level(keys, qtys, count, sync, sym, kind, px, qty):
+def apply_level(st, sym, kind, px, qty):
     """Apply one diff level record (MD_DEPTH_NONE carries none)."""
     if kind == MD_DEPTH_BID:
-        r = book_set_level(keys, qtys, count, sym, 0, px, qty)
+        r = book_set_level(st.keys, st.qtys, st.count, sym, 0, px, qty)
     elif kind == MD_DEPTH_ASK:
-        r = book_set_level(keys, qtys, count, sym, 1, px, qty)
+        r = book_set_level(st.keys, st.qtys, st.count, sym, 1, px, qty)
     else:
         return
     if r == SET_OVERFLOW:
-        sync[sym, C_LEVEL_OVERFLOW] += 1
+        st.sync[sym].level_overflows += 1
 
 
 @nb.njit(cache=True, nogil=True)
-def sync_replay_buffer(sync, resync, buf, keys, qtys, count, sym, diag, diag_n):
+def sync_replay_buffer(st, sym):
     """Apply the buffered diffs after a snapshot (state ST_AWAIT_BRIDGE, book = snapshot).
 
     Drops diffs with u <= L, checks the bridge, applies and chains the rest.
@@ -224,8 +235,9 @@ def sync_replay_buffer(sync, resync, buf, keys, qtys, count, sym, diag, diag_n):
     one does not chain, the buffer is kept from that diff on, the state goes
     back to ST_NO_SNAPSHOT and a resync is requested.
     """
-    n = sync[sym, S_BUF_N]
-    b = buf[sym]
+    s = st.sync[sym]
+    n = s.buf_n
+    b = st.buf[sym]
     i = 0
     while i < n:
         j = i
@@ -233,21 +245,21 @@ def sync_replay_buffer(sync, resync, buf, keys, qtys, count, sym, diag, diag_n):
             j += 1
         first_id = b[i].first_id
         last_id = b[i].last_id
-        act = sync_decide(sync, sym, first_id, last_id)
+        act = sync_decide(s, first_id, last_id)
         if act == ACT_BREAK:
-            sync_on_break(sync, resync, sym)
+            sync_on_break(st, sym)
             m = n - i
             for t in range(m):
                 b[t] = b[i + t]
-            sync[sym, S_BUF_N] = m
+            s.buf_n = m
             return
         if act == ACT_DROP:
-            sync[sym, C_STALE] += 1
+            s.stale += 1
         else:
             for t in range(i, j + 1):
-                apply_level(keys, qtys, count, sync, sym, b[t].kind, b[t].price, b[t].qty)
-            if not sync_diff_applied(sync, resync, keys, qtys, count, sym, last_id, diag, diag_n):
-                sync[sym, S_BUF_N] = 0
+                apply_level(st, sym, b[t].kind, b[t].price, b[t].qty)
+            if not sync_diff_applied(st, sym, last_id):
+                s.buf_n = 0
                 return
         i = j + 1
-    sync[sym, S_BUF_N] = 0
+    s.buf_n = 0

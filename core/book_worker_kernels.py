@@ -24,8 +24,24 @@ caused it and sets ``in_pub_ns`` to that record's ``pub_ns``; ``pub_ns`` is
 left 0 for the publisher to stamp. Bars closed by the timer carry the timer's
 ``now_ns`` as ``recv_ns``.
 
-A symbol whose book was invalidated gets ``resync[sym] = 1``; the Python
+A symbol whose book was invalidated gets ``st.resync[sym] = 1``; the Python
 wrapper turns that into a resync command to the feed and clears it.
+
+Convention: every kernel takes ``(state, inputs, outputs)``: ``state`` is
+one ``BookState`` (a NamedTuple of preallocated arrays; per-symbol rows are
+record dtypes with named fields: ``st.sync[sym].state``, ``st.bars[sym,
+iv].high``), then the md records and the output array with its cursor.
+``process_md_batch``, ``on_timer`` and ``mark_all_invalid`` compile with
+``_nrt=False``: they allocate nothing, and without it numba's reference
+counting (an atomic add per array per call or inlined argument, 12 arrays in
+the bundle) took more than a third of the per-update time. The ``_nrt``
+flag is inherited by everything they call, so no kernel below them may
+allocate (``core.book`` sorts a disordered snapshot in place for that reason).
+
+Hot path: the middle levels of a diff being applied (no FLAG_BEGIN/END, same
+symbol and ids) go straight to ``core.book.book_set_level_row`` on views
+taken once per diff (``_apply_run``); everything else takes the general
+per-record path.
 
 Output space: the kernel stops before a record it might not have room for
 (it needs 2 free slots per record; a trade that closes many bars resumes
@@ -37,12 +53,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
 from core.bars import (
-    B_OPEN_MS,
     alloc_bars,
     bar_add_trade,
     bar_advance,
@@ -59,6 +75,7 @@ from core.book import (
     book_imbalance,
     book_microprice,
     book_mid,
+    book_set_level_row,
     book_snapshot_append,
     book_snapshot_finish,
     book_top,
@@ -69,42 +86,12 @@ from core.book_sync import (
     ACT_BUFFER,
     ACT_DROP,
     ACT_NONE,
-    C_BUF_OVERFLOW,
-    C_BUFFERED,
-    C_LAPPED,
-    C_LATE_TRADES,
-    C_LEVEL_OVERFLOW,
-    C_MALFORMED,
-    C_RECONNECTS,
-    C_SNAP_APPLIED,
-    C_SNAP_FAILED,
-    C_SNAP_IGNORED,
-    C_STALE,
-    C_TICKERS,
-    C_TRADES,
     COUNTER_NAMES,
     REASON_BUFFER_OVERFLOW,
     REASON_LAPPED,
     REASON_MALFORMED,
     REASON_NAMES,
     REASON_RECONNECT,
-    S_BOOK_ID,
-    S_BUF_N,
-    S_CUR_ACT,
-    S_CUR_START,
-    S_CUR_U,
-    S_CUR_UU,
-    S_LAST_DEPTH_NS,
-    S_REASON,
-    S_SEQ,
-    S_SNAP_ACT,
-    S_SNAP_ID,
-    S_STATE,
-    S_TOP_AP,
-    S_TOP_AQ,
-    S_TOP_BP,
-    S_TOP_BQ,
-    S_TOP_STATE,
     SNAP_IGNORE,
     SNAP_NONE,
     SNAP_STAGE,
@@ -150,37 +137,79 @@ from core.records import (
 
 log = logging.getLogger(__name__)
 
-# params vector
-P_DEPTH_THROTTLE_NS = 0
-P_WATERMARK_MS = 1
-P_EMIT_EMPTY = 2
-PARAMS_N = 4
-
-# global (not per-symbol) counters
-G_BAD_SYMBOL = 0
-G_BAD_KIND = 1
-G_OUT_FULL = 2  # calls that stopped early for lack of output space
-GSTAT_N = 4
-
 OUT_RESERVE = 2  # output slots one md record may need (top + depth)
+
+# Engine-wide settings and counters: one record each (``st.params[0].watermark_ms``).
+BOOK_PARAMS = np.dtype([
+    ("depth_throttle_ns", np.int64),  # min recv-time gap between BK_DEPTH per symbol; 0 every diff, <0 never
+    ("watermark_ms", np.int64),  # the timer closes a bar this long after its end (exchange clock)
+    ("emit_empty", np.int64),  # 1: publish flat bars for intervals without trades
+], align=True)
+BOOK_GSTAT = np.dtype([
+    ("bad_symbol", np.int64),  # records for a symbol id outside the table
+    ("bad_kind", np.int64),  # records of a kind the book does not know
+    ("out_full", np.int64),  # calls that stopped early for lack of output space
+], align=True)
+if BOOK_PARAMS.itemsize != 24 or BOOK_GSTAT.itemsize != 24:
+    raise ImportError("BOOK_PARAMS / BOOK_GSTAT layout drifted")
+
+DIAG_COLS = 6  # diag rows: (symbol, u, bid_px, bid_qty, ask_px, ask_qty) after each applied diff
+
+
+class BookState(NamedTuple):
+    """Everything the book kernels keep, as preallocated arrays: the one state argument of every kernel.
+
+    A NamedTuple of arrays (and record arrays) is a plain numba tuple type, so
+    kernels taking it load from the disk cache like any other (a jitclass or
+    structref would not: numba issues 6522, 9659).
+    """
+
+    keys: np.ndarray  # int64[n_sym, 2, levels]: level sort keys (core.book)
+    qtys: np.ndarray  # int64[n_sym, 2, levels]: level quantities, 0 = tombstone
+    count: np.ndarray  # int64[n_sym, 4]: slots and tombstones per side (core.book)
+    sync: np.ndarray  # SYNC_ROW[n_sym] (core.book_sync)
+    resync: np.ndarray  # uint8[n_sym]: 1 = the symbol needs a snapshot (the wrapper turns it into a request)
+    buf: np.ndarray  # MD_EVENT[n_sym, buffer_capacity]: diffs buffered while waiting for a snapshot
+    bars: np.ndarray  # BAR_ROW[n_sym, n_intervals] (core.bars)
+    intervals: np.ndarray  # int64[n_intervals]: bar lengths, ms
+    params: np.ndarray  # BOOK_PARAMS[1]
+    gstat: np.ndarray  # BOOK_GSTAT[1]
+    diag: np.ndarray  # int64[rows, DIAG_COLS]: applied-diff log for replay checks (0 rows: off)
+    diag_n: np.ndarray  # int64[1]: rows of diag written
+
+
+def alloc_state(config: "BookConfig", diag_rows: int = 0) -> BookState:
+    n = config.n_symbols
+    keys, qtys, count = alloc_book(n, config.levels_capacity)
+    sync, buf, resync = alloc_sync(n, config.buffer_capacity)
+    intervals = np.array(config.bar_intervals_ms, dtype=np.int64)
+    params = np.zeros(1, dtype=BOOK_PARAMS)
+    dt = config.depth_throttle_ms
+    params[0]["depth_throttle_ns"] = -1 if dt < 0 else int(dt * 1_000_000)
+    params[0]["watermark_ms"] = config.bar_watermark_ms
+    params[0]["emit_empty"] = 1 if config.emit_empty_bars else 0
+    return BookState(keys=keys, qtys=qtys, count=count, sync=sync, resync=resync, buf=buf,
+                     bars=alloc_bars(n, len(intervals)), intervals=intervals, params=params,
+                     gstat=np.zeros(1, dtype=BOOK_GSTAT), diag=np.zeros((diag_rows, DIAG_COLS), np.int64),
+                     diag_n=np.zeros(1, np.int64))
 
 
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
 @nb.njit(cache=True, nogil=True)
-def _header(ev, sync, sym, kind, recv_ns, in_pub_ns, exch_ms):
+def _header(ev, s, sym, kind, recv_ns, in_pub_ns, exch_ms):
     ev.recv_ns = recv_ns
     ev.pub_ns = 0
     ev.in_pub_ns = in_pub_ns
     ev.exch_ms = exch_ms
-    ev.last_update_id = sync[sym, S_BOOK_ID]
+    ev.last_update_id = s.book_id
     ev.symbol = sym
     ev.kind = kind
-    ev.state = BOOK_VALID if sync[sym, S_STATE] == ST_SYNCED else BOOK_INVALID
+    ev.state = BOOK_VALID if s.state == ST_SYNCED else BOOK_INVALID
     ev.flags = 0
-    ev.seq = sync[sym, S_SEQ]
-    sync[sym, S_SEQ] += 1
+    ev.seq = s.seq
+    s.seq += 1
     if kind != BK_DEPTH:
         # The payload is a union over the whole 320 bytes: clear what this kind
         # does not write so no stale bytes from an earlier event leak out.
@@ -192,83 +221,79 @@ def _header(ev, sync, sym, kind, recv_ns, in_pub_ns, exch_ms):
 
 
 @nb.njit(cache=True, nogil=True)
-def _emit_top(out, k, sync, keys, qtys, count, sym, recv_ns, in_pub_ns, exch_ms, force):
-    """Publish BK_TOP if the top or the state changed since the last one (or force)."""
-    bp, bq, ap, aq = book_top(keys, qtys, count, sym)
-    st = BOOK_VALID if sync[sym, S_STATE] == ST_SYNCED else BOOK_INVALID
-    if (not force and st == sync[sym, S_TOP_STATE] and bp == sync[sym, S_TOP_BP] and bq == sync[sym, S_TOP_BQ]
-            and ap == sync[sym, S_TOP_AP] and aq == sync[sym, S_TOP_AQ]):
+def _emit_top(st, sym, out, k, recv_ns, in_pub_ns, exch_ms):
+    """Publish BK_TOP if the top or the state changed since the last one."""
+    s = st.sync[sym]
+    bp, bq, ap, aq = book_top(st.keys, st.qtys, st.count, sym)
+    state = BOOK_VALID if s.state == ST_SYNCED else BOOK_INVALID
+    if state == s.top_state and bp == s.top_bp and bq == s.top_bq and ap == s.top_ap and aq == s.top_aq:
         return k
     ev = out[k]
-    _header(ev, sync, sym, BK_TOP, recv_ns, in_pub_ns, exch_ms)
-    if st == BOOK_INVALID:
-        ev.flags = np.uint32(sync[sym, S_REASON] << 8)
+    _header(ev, s, sym, BK_TOP, recv_ns, in_pub_ns, exch_ms)
+    if state == BOOK_INVALID:
+        ev.flags = np.uint32(s.reason << 8)
     ev.top_bid_px = bp
     ev.top_bid_qty = bq
     ev.top_ask_px = ap
     ev.top_ask_qty = aq
-    sync[sym, S_TOP_STATE] = st
-    sync[sym, S_TOP_BP] = bp
-    sync[sym, S_TOP_BQ] = bq
-    sync[sym, S_TOP_AP] = ap
-    sync[sym, S_TOP_AQ] = aq
+    s.top_state = state
+    s.top_bp = bp
+    s.top_bq = bq
+    s.top_ap = ap
+    s.top_aq = aq
     return k + 1
 
 
 @nb.njit(cache=True, nogil=True)
-def _emit_depth(out, k, sync, keys, qtys, count, sym, recv_ns, in_pub_ns, exch_ms, throttle_ns, force):
-    if sync[sym, S_STATE] != ST_SYNCED or throttle_ns < 0:
+def _emit_depth(st, sym, out, k, recv_ns, in_pub_ns, exch_ms, force):
+    s = st.sync[sym]
+    throttle_ns = st.params[0].depth_throttle_ns
+    if s.state != ST_SYNCED or throttle_ns < 0:
         return k
-    if not force and recv_ns - sync[sym, S_LAST_DEPTH_NS] < throttle_ns:
+    if not force and recv_ns - s.last_depth_ns < throttle_ns:
         return k
     ev = out[k]
-    _header(ev, sync, sym, BK_DEPTH, recv_ns, in_pub_ns, exch_ms)
-    book_depth(keys, qtys, count, sym, 0, ev.d_bid_px, ev.d_bid_qty)
-    book_depth(keys, qtys, count, sym, 1, ev.d_ask_px, ev.d_ask_qty)
-    sync[sym, S_LAST_DEPTH_NS] = recv_ns
+    _header(ev, s, sym, BK_DEPTH, recv_ns, in_pub_ns, exch_ms)
+    book_depth(st.keys, st.qtys, st.count, sym, 0, ev.d_bid_px, ev.d_bid_qty)
+    book_depth(st.keys, st.qtys, st.count, sym, 1, ev.d_ask_px, ev.d_ask_qty)
+    s.last_depth_ns = recv_ns
     return k + 1
 
 
 @nb.njit(cache=True, nogil=True)
-def _abort_diff(sync, resync, sym):
+def _abort_diff(st, sym):
     """A diff lost its framing (new FLAG_BEGIN before FLAG_END, or ids changed mid-diff)."""
-    sync[sym, C_MALFORMED] += 1
-    act = sync[sym, S_CUR_ACT]
+    s = st.sync[sym]
+    s.malformed += 1
+    act = s.cur_act
     if act == ACT_APPLY:
         # part of a diff is in the book: it cannot be trusted any more
-        sync_set_invalid(sync, resync, sym, REASON_MALFORMED)
-        sync[sym, S_BUF_N] = 0
+        sync_set_invalid(st, sym, REASON_MALFORMED)
+        s.buf_n = 0
     elif act == ACT_BUFFER:
-        sync[sym, S_BUF_N] = sync[sym, S_CUR_START]
-    sync[sym, S_CUR_ACT] = ACT_NONE
+        s.buf_n = s.cur_start
+    s.cur_act = ACT_NONE
 
 
 @nb.njit(cache=True, nogil=True)
-def _invalidate(sync, resync, sym, reason):
-    """Invalidate and forget everything buffered or in progress."""
-    sync_set_invalid(sync, resync, sym, reason)
-    sync[sym, S_BUF_N] = 0
-    sync[sym, S_CUR_ACT] = ACT_NONE
-
-
-@nb.njit(cache=True, nogil=True)
-def _close_bars_until(bars, intervals, params, sync, sym, t_ms, out, k, recv_ns, in_pub_ns, exch_ms, wm):
+def _close_bars_until(st, sym, t_ms, out, k, recv_ns, in_pub_ns, exch_ms, wm):
     """Close every open bar of ``sym`` that ends at or before ``t_ms - wm``.
 
     Returns the new output cursor, or -(cursor) - 1 when the output filled
     first (state is consistent: the caller may call again to continue).
     """
-    emit_empty = params[P_EMIT_EMPTY] != 0
+    emit_empty = st.params[0].emit_empty != 0
+    intervals = st.intervals
     cap = out.shape[0]
     for iv in range(intervals.shape[0]):
-        row = bars[sym, iv]
+        row = st.bars[sym, iv]
         ival = intervals[iv]
         while bar_close_due(row, ival + wm, t_ms):
             if bar_should_publish(row, emit_empty):
                 if cap - k < 2:
                     return -k - 1
                 ev = out[k]
-                _header(ev, sync, sym, BK_BAR, recv_ns, in_pub_ns, exch_ms)
+                _header(ev, st.sync[sym], sym, BK_BAR, recv_ns, in_pub_ns, exch_ms)
                 bar_write(row, ival, ev)
                 k += 1
             bar_advance(row, ival, t_ms - wm, emit_empty)
@@ -276,28 +301,30 @@ def _close_bars_until(bars, intervals, params, sync, sym, t_ms, out, k, recv_ns,
 
 
 @nb.njit(cache=True, nogil=True)
-def _on_trade(rec, sym, sync, bars, intervals, params, out, k):
+def _on_trade(st, rec, sym, out, k):
     t_ms = rec.exch_ms
-    k2 = _close_bars_until(bars, intervals, params, sync, sym, t_ms, out, k, rec.recv_ns, rec.pub_ns, t_ms, 0)
+    k2 = _close_bars_until(st, sym, t_ms, out, k, rec.recv_ns, rec.pub_ns, t_ms, 0)
     if k2 < 0:
         return k2
     k = k2
+    s = st.sync[sym]
     buyer_maker = (rec.flags & FLAG_BUYER_MAKER) != 0
     first_id = rec.first_id
     last_id = rec.last_id
     if rec.kind == MD_TRADE:
         last_id = first_id
+    intervals = st.intervals
     for iv in range(intervals.shape[0]):
-        row = bars[sym, iv]
-        if row[B_OPEN_MS] < 0:
+        row = st.bars[sym, iv]
+        if row.open_ms < 0:
             bar_open_first(row, intervals[iv], t_ms)
-        if t_ms < row[B_OPEN_MS]:
-            sync[sym, C_LATE_TRADES] += 1
+        if t_ms < row.open_ms:
+            s.late_trades += 1
             continue
         bar_add_trade(row, rec.price, rec.qty, first_id, last_id, buyer_maker)
-    sync[sym, C_TRADES] += 1
+    s.trades += 1
     ev = out[k]
-    _header(ev, sync, sym, BK_TRADE, rec.recv_ns, rec.pub_ns, t_ms)
+    _header(ev, s, sym, BK_TRADE, rec.recv_ns, rec.pub_ns, t_ms)
     if buyer_maker:
         ev.flags = FLAG_BUYER_MAKER
     ev.tr_px = rec.price
@@ -308,191 +335,241 @@ def _on_trade(rec, sym, sync, bars, intervals, params, out, k):
     return k + 1
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _on_depth(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, diag, diag_n):
-    kind = rec.kind
+@nb.njit(cache=True, nogil=True)
+def _on_depth(st, rec, sym, out, k):
+    """One diff record on the general path: framing, sync decision, buffer; the end of an applied diff."""
+    s = st.sync[sym]
     first_id = rec.first_id
     last_id = rec.last_id
     flags = rec.flags
     if flags & FLAG_BEGIN:
-        if sync[sym, S_CUR_ACT] != ACT_NONE:
-            _abort_diff(sync, resync, sym)
-            k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
-        sync[sym, S_CUR_U] = first_id
-        sync[sym, S_CUR_UU] = last_id
-        if sync[sym, S_STATE] == ST_NO_SNAPSHOT:
+        if s.cur_act != ACT_NONE:
+            _abort_diff(st, sym)
+            k = _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
+        s.cur_u = first_id
+        s.cur_uu = last_id
+        if s.state == ST_NO_SNAPSHOT:
             act = ACT_BUFFER
         else:
-            act = sync_decide(sync, sym, first_id, last_id)
+            act = sync_decide(s, first_id, last_id)
             if act == ACT_BREAK:
-                sync_on_break(sync, resync, sym)
-                sync[sym, S_BUF_N] = 0  # the buffer restarts with this (breaking) diff
-                sync[sym, S_CUR_ACT] = ACT_NONE
-                k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
+                sync_on_break(st, sym)
+                s.buf_n = 0  # the buffer restarts with this (breaking) diff
+                s.cur_act = ACT_NONE
+                k = _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
                 act = ACT_BUFFER  # the breaking diff is the first one the next snapshot needs
             elif act == ACT_DROP:
-                sync[sym, C_STALE] += 1
-        sync[sym, S_CUR_ACT] = act
-        sync[sym, S_CUR_START] = sync[sym, S_BUF_N]
+                s.stale += 1
+        s.cur_act = act
+        s.cur_start = s.buf_n
     else:
-        act = sync[sym, S_CUR_ACT]
+        act = s.cur_act
         if act == ACT_NONE:
-            sync[sym, C_MALFORMED] += 1  # a fragment of a diff we never saw begin (e.g. after a lap)
+            s.malformed += 1  # a fragment of a diff we never saw begin (e.g. after a lap)
             return k
-        if first_id != sync[sym, S_CUR_U] or last_id != sync[sym, S_CUR_UU]:
-            _abort_diff(sync, resync, sym)
-            return _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
+        if first_id != s.cur_u or last_id != s.cur_uu:
+            _abort_diff(st, sym)
+            return _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
 
     if act == ACT_APPLY:
-        apply_level(keys, qtys, count, sync, sym, kind, rec.price, rec.qty)
+        apply_level(st, sym, rec.kind, rec.price, rec.qty)
     elif act == ACT_BUFFER:
-        n = sync[sym, S_BUF_N]
-        if n < buf.shape[1]:
-            buf[sym, n] = rec
-            sync[sym, S_BUF_N] = n + 1
+        n = s.buf_n
+        if n < st.buf.shape[1]:
+            st.buf[sym, n] = rec
+            s.buf_n = n + 1
         else:
             # Out of buffer: forget it all and drop the rest of this diff. The
             # next snapshot will then be checked against the next diff, and
             # fetched again if it cannot bridge.
-            sync[sym, C_BUF_OVERFLOW] += 1
-            sync[sym, S_BUF_N] = 0
-            sync[sym, S_REASON] = REASON_BUFFER_OVERFLOW
-            sync[sym, S_CUR_ACT] = ACT_DROP
+            s.buffer_overflows += 1
+            s.buf_n = 0
+            s.reason = REASON_BUFFER_OVERFLOW
+            s.cur_act = ACT_DROP
             act = ACT_DROP
 
     if flags & FLAG_END:
-        sync[sym, S_CUR_ACT] = ACT_NONE
+        s.cur_act = ACT_NONE
         if act == ACT_APPLY:
-            bridging = sync[sym, S_STATE] == ST_AWAIT_BRIDGE
-            if sync_diff_applied(sync, resync, keys, qtys, count, sym, last_id, diag, diag_n):
-                k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
-                k = _emit_depth(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms,
-                                params[P_DEPTH_THROTTLE_NS], bridging)
+            bridging = s.state == ST_AWAIT_BRIDGE
+            if sync_diff_applied(st, sym, last_id):
+                k = _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
+                k = _emit_depth(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms, bridging)
             else:  # crossed
-                sync[sym, S_BUF_N] = 0
-                k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
+                s.buf_n = 0
+                k = _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
         elif act == ACT_BUFFER:
-            sync[sym, C_BUFFERED] += 1
+            s.buffered += 1
     return k
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _apply_run(st, md, i, n_md, sym):
+    """The hot path: apply the middle levels of a diff being applied, from ``md[i]`` on.
+
+    Stops before the first record that is not a plain level of the same diff
+    (its FLAG_END record, another symbol, anything else), which then takes the
+    general path. Returns the index of that record.
+    """
+    s = st.sync[sym]
+    u0 = s.cur_u
+    u1 = s.cur_uu
+    cnt = st.count[sym]
+    kb = st.keys[sym, 0]
+    qb = st.qtys[sym, 0]
+    ka = st.keys[sym, 1]
+    qa = st.qtys[sym, 1]
+    overflows = 0
+    while i < n_md:
+        r = md[i]
+        if r.flags != 0 or r.symbol != sym or r.first_id != u0 or r.last_id != u1:
+            break
+        kind = r.kind
+        if kind == MD_DEPTH_BID:
+            res = book_set_level_row(kb, qb, cnt, 0, r.price, r.qty)
+        elif kind == MD_DEPTH_ASK:
+            res = book_set_level_row(ka, qa, cnt, 1, r.price, r.qty)
+        else:
+            break
+        overflows += res == SET_OVERFLOW
+        i += 1
+    s.level_overflows += overflows
+    return i
+
+
 @nb.njit(cache=True, nogil=True)
-def _on_snapshot(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, diag, diag_n):
+def _on_snapshot(st, rec, sym, out, k):
+    s = st.sync[sym]
     kind = rec.kind
     if kind == MD_SNAP_BEGIN:
-        st = sync[sym, S_STATE]
-        if st == ST_SYNCED or (st == ST_AWAIT_BRIDGE and rec.last_id <= sync[sym, S_BOOK_ID]):
-            sync[sym, S_SNAP_ACT] = SNAP_IGNORE
-            sync[sym, C_SNAP_IGNORED] += 1
+        state = s.state
+        if state == ST_SYNCED or (state == ST_AWAIT_BRIDGE and rec.last_id <= s.book_id):
+            s.snap_act = SNAP_IGNORE
+            s.snapshots_ignored += 1
             return k
         # A newer snapshot while awaiting the bridge replaces the old one; no
         # diff with u > old L was seen then, so nothing buffered is lost.
-        sync[sym, S_STATE] = ST_NO_SNAPSHOT
-        sync[sym, S_SNAP_ACT] = SNAP_STAGE
-        sync[sym, S_SNAP_ID] = rec.last_id
-        book_clear(count, sym)
+        s.state = ST_NO_SNAPSHOT
+        s.snap_act = SNAP_STAGE
+        s.snap_id = rec.last_id
+        book_clear(st.count, sym)
         return k
-    act = sync[sym, S_SNAP_ACT]
-    if act == SNAP_NONE or (act == SNAP_STAGE and rec.last_id != sync[sym, S_SNAP_ID]):
-        sync[sym, C_MALFORMED] += 1
+    act = s.snap_act
+    if act == SNAP_NONE or (act == SNAP_STAGE and rec.last_id != s.snap_id):
+        s.malformed += 1
         return k
     if act == SNAP_IGNORE:
         if kind == MD_SNAP_END:
-            sync[sym, S_SNAP_ACT] = SNAP_NONE
+            s.snap_act = SNAP_NONE
         return k
     if kind == MD_SNAP_BID or kind == MD_SNAP_ASK:
         side = 0 if kind == MD_SNAP_BID else 1
-        if book_snapshot_append(keys, qtys, count, sym, side, rec.price, rec.qty) == SET_OVERFLOW:
-            sync[sym, C_LEVEL_OVERFLOW] += 1
+        if book_snapshot_append(st.keys, st.qtys, st.count, sym, side, rec.price, rec.qty) == SET_OVERFLOW:
+            s.level_overflows += 1
         return k
     # MD_SNAP_END: the book is the snapshot; replay what was buffered
-    sync[sym, S_SNAP_ACT] = SNAP_NONE
-    book_snapshot_finish(keys, qtys, count, sym)
-    sync[sym, S_BOOK_ID] = rec.last_id
-    sync[sym, S_STATE] = ST_AWAIT_BRIDGE
-    sync[sym, C_SNAP_APPLIED] += 1
+    s.snap_act = SNAP_NONE
+    book_snapshot_finish(st.keys, st.qtys, st.count, sym)
+    s.book_id = rec.last_id
+    s.state = ST_AWAIT_BRIDGE
+    s.snapshots_applied += 1
     # A diff being buffered right now (snapshot records interleaved inside a
     # diff) is completed by the live path, not replayed half-read.
-    in_progress = sync[sym, S_CUR_ACT] == ACT_BUFFER
-    if in_progress:
-        sync[sym, S_CUR_ACT] = ACT_NONE
-        sync[sym, S_BUF_N] = sync[sym, S_CUR_START]
-        sync[sym, C_MALFORMED] += 1
-    sync_replay_buffer(sync, resync, buf, keys, qtys, count, sym, diag, diag_n)
-    k = _emit_top(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms, False)
-    k = _emit_depth(out, k, sync, keys, qtys, count, sym, rec.recv_ns, rec.pub_ns, rec.exch_ms,
-                    params[P_DEPTH_THROTTLE_NS], True)
+    if s.cur_act == ACT_BUFFER:
+        s.cur_act = ACT_NONE
+        s.buf_n = s.cur_start
+        s.malformed += 1
+    sync_replay_buffer(st, sym)
+    k = _emit_top(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
+    k = _emit_depth(st, sym, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms, True)
     return k
 
 
 @nb.njit(cache=True, nogil=True)
-def _invalidate_and_publish(sync, resync, keys, qtys, count, sym, reason, out, k, recv_ns, in_pub_ns, exch_ms):
-    _invalidate(sync, resync, sym, reason)
-    sync[sym, S_SNAP_ACT] = SNAP_NONE
-    return _emit_top(out, k, sync, keys, qtys, count, sym, recv_ns, in_pub_ns, exch_ms, False)
+def _invalidate_and_publish(st, sym, reason, out, k, recv_ns, in_pub_ns, exch_ms):
+    """Invalidate, forget everything buffered or in progress, publish the INVALID top."""
+    s = st.sync[sym]
+    sync_set_invalid(st, sym, reason)
+    s.buf_n = 0
+    s.cur_act = ACT_NONE
+    s.snap_act = SNAP_NONE
+    return _emit_top(st, sym, out, k, recv_ns, in_pub_ns, exch_ms)
 
 
 @nb.njit(cache=True, nogil=True)
-def process_md_batch(md, n_md, keys, qtys, count, sync, resync, buf, bars, intervals, params, gstat,
-                     out, out_start, diag, diag_n):
-    """Process ``md[:n_md]``; write BOOK_EVENTs to ``out[out_start:]``.
+def _on_status(st, rec, sym, out, k):
+    """MD_STATUS for one symbol, or for all when ``sym`` is outside the table. -1: no room for the tops."""
+    n_sym = st.sync.shape[0]
+    lo = sym
+    hi = sym + 1
+    if sym >= n_sym:  # a status for no particular symbol applies to all
+        lo = 0
+        hi = n_sym
+    if hi - lo > out.shape[0] - k:
+        return -1
+    code = rec.aux
+    for s in range(lo, hi):
+        if code == STATUS_RECONNECTED:
+            st.sync[s].reconnects += 1
+            k = _invalidate_and_publish(st, s, REASON_RECONNECT, out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
+        elif code == STATUS_SNAPSHOT_FAILED:
+            st.sync[s].snapshot_failures += 1  # the feed retries by itself
+    return k
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def process_md_batch(st, md, n_md, out, out_start):
+    """Process ``md[:n_md]`` into state ``st``; write BOOK_EVENTs to ``out[out_start:]``.
 
     Returns ``(consumed, out_end)``: md records fully processed and the output
     cursor. ``consumed < n_md`` only when ``out`` is full; call again with the
-    rest after publishing. ``diag`` (int64[k, 6], may have 0 rows) receives
-    ``(symbol, u, bid_px, bid_qty, ask_px, ask_qty)`` after every applied diff,
-    with ``diag_n[0]`` as its cursor (replay checks; the worker passes 0 rows).
+    rest after publishing. With ``st.diag`` rows, ``(symbol, u, bid_px,
+    bid_qty, ask_px, ask_qty)`` is logged after every applied diff.
     """
-    n_sym = sync.shape[0]
+    n_sym = st.sync.shape[0]
     cap = out.shape[0]
+    gstat = st.gstat[0]
     k = out_start
-    for i in range(n_md):
+    i = 0
+    while i < n_md:
         if cap - k < OUT_RESERVE:
-            gstat[G_OUT_FULL] += 1
+            gstat.out_full += 1
             return i, k
         rec = md[i]
         sym = np.int64(rec.symbol)
         kind = rec.kind
+        if MD_DEPTH_BID <= kind <= MD_DEPTH_NONE and sym < n_sym:
+            k = _on_depth(st, rec, sym, out, k)
+            i += 1
+            if st.sync[sym].cur_act == ACT_APPLY:
+                i = _apply_run(st, md, i, n_md, sym)
+            continue
         if kind == MD_STATUS:
-            code = rec.aux
-            lo = sym
-            hi = sym + 1
-            if sym >= n_sym:  # a status for no particular symbol applies to all
-                lo = 0
-                hi = n_sym
-            if hi - lo > cap - k:
-                gstat[G_OUT_FULL] += 1
-                return i, k
-            for s in range(lo, hi):
-                if code == STATUS_RECONNECTED:
-                    sync[s, C_RECONNECTS] += 1
-                    k = _invalidate_and_publish(sync, resync, keys, qtys, count, s, REASON_RECONNECT,
-                                                out, k, rec.recv_ns, rec.pub_ns, rec.exch_ms)
-                elif code == STATUS_SNAPSHOT_FAILED:
-                    sync[s, C_SNAP_FAILED] += 1  # the feed retries by itself
-            continue
-        if sym >= n_sym:
-            gstat[G_BAD_SYMBOL] += 1
-            continue
-        if kind == MD_DEPTH_BID or kind == MD_DEPTH_ASK or kind == MD_DEPTH_NONE:
-            k = _on_depth(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, diag, diag_n)
-        elif kind == MD_TRADE or kind == MD_AGG_TRADE:
-            k2 = _on_trade(rec, sym, sync, bars, intervals, params, out, k)
+            k2 = _on_status(st, rec, sym, out, k)
             if k2 < 0:
-                gstat[G_OUT_FULL] += 1
+                gstat.out_full += 1
+                return i, k
+            k = k2
+        elif sym >= n_sym:
+            gstat.bad_symbol += 1
+        elif kind == MD_TRADE or kind == MD_AGG_TRADE:
+            k2 = _on_trade(st, rec, sym, out, k)
+            if k2 < 0:
+                gstat.out_full += 1
                 return i, -k2 - 1
             k = k2
         elif MD_SNAP_BEGIN <= kind <= MD_SNAP_END:
-            k = _on_snapshot(rec, sym, sync, resync, buf, keys, qtys, count, params, out, k, diag, diag_n)
+            k = _on_snapshot(st, rec, sym, out, k)
         elif kind == MD_TICKER_BID or kind == MD_TICKER_ASK:
-            sync[sym, C_TICKERS] += 1
+            st.sync[sym].tickers += 1
         else:
-            gstat[G_BAD_KIND] += 1
+            gstat.bad_kind += 1
+        i += 1
     return n_md, k
 
 
-@nb.njit(cache=True, nogil=True)
-def on_timer(now_exch_ms, now_ns, sync, bars, intervals, params, gstat, out, out_start):
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def on_timer(st, now_exch_ms, now_ns, out, out_start):
     """Close bars whose interval ended at least ``watermark`` ms before ``now_exch_ms``.
 
     ``now_exch_ms`` is the caller's estimate of exchange time (ms epoch).
@@ -500,28 +577,28 @@ def on_timer(now_exch_ms, now_ns, sync, bars, intervals, params, gstat, out, out
     (call again after publishing).
     """
     k = out_start
-    wm = params[P_WATERMARK_MS]
-    for sym in range(sync.shape[0]):
-        k2 = _close_bars_until(bars, intervals, params, sync, sym, now_exch_ms, out, k, now_ns, 0, now_exch_ms, wm)
+    wm = st.params[0].watermark_ms
+    for sym in range(st.sync.shape[0]):
+        k2 = _close_bars_until(st, sym, now_exch_ms, out, k, now_ns, 0, now_exch_ms, wm)
         if k2 < 0:
-            gstat[G_OUT_FULL] += 1
+            st.gstat[0].out_full += 1
             return False, -k2 - 1
         k = k2
     return True, k
 
 
-@nb.njit(cache=True, nogil=True)
-def mark_all_invalid(reason, recv_ns, keys, qtys, count, sync, resync, out, out_start):
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def mark_all_invalid(st, reason, recv_ns, out, out_start):
     """Invalidate every symbol (lapped md ring, or any reason to distrust all books).
 
     Buffered diffs are dropped too (records after a lap are missing). Needs
     ``n_symbols`` free output slots; returns the output cursor.
     """
     k = out_start
-    for sym in range(sync.shape[0]):
+    for sym in range(st.sync.shape[0]):
         if reason == REASON_LAPPED:
-            sync[sym, C_LAPPED] += 1
-        k = _invalidate_and_publish(sync, resync, keys, qtys, count, sym, reason, out, k, recv_ns, 0, 0)
+            st.sync[sym].lapped += 1
+        k = _invalidate_and_publish(st, sym, reason, out, k, recv_ns, 0, 0)
     return k
 
 
@@ -560,38 +637,53 @@ class BookConfig:
 
 
 class BookEngine:
-    """Owns the kernel state for all symbols and drives the kernels.
+    """Owns the kernel state (one ``BookState``) for all symbols and drives the kernels.
 
     Not thread-safe; one per book worker. ``process`` and ``on_timer`` return
-    the BOOK_EVENT slice written to ``out`` (pub_ns still 0).
+    the BOOK_EVENT slice written to ``out`` (pub_ns still 0); the ``*_into``
+    entry points write into the caller's array (ring slots, a scratch array).
     """
 
     def __init__(self, config: BookConfig, out_capacity: int = 4096):
         self.config = config
         n = config.n_symbols
-        self.keys, self.qtys, self.count = alloc_book(n, config.levels_capacity)
-        self.sync, self.buf, self.resync = alloc_sync(n, config.buffer_capacity)
-        self.intervals = np.array(config.bar_intervals_ms, dtype=np.int64)
-        self.bars = alloc_bars(n, len(self.intervals))
-        self.params = np.zeros(PARAMS_N, dtype=np.int64)
-        dt = config.depth_throttle_ms
-        self.params[P_DEPTH_THROTTLE_NS] = -1 if dt < 0 else int(dt * 1_000_000)
-        self.params[P_WATERMARK_MS] = config.bar_watermark_ms
-        self.params[P_EMIT_EMPTY] = 1 if config.emit_empty_bars else 0
-        self.gstat = np.zeros(GSTAT_N, dtype=np.int64)
         if out_capacity < max(OUT_RESERVE, n):  # mark_all_invalid writes one event per symbol
             raise ConfigError("book.out_capacity", f"must be >= {max(OUT_RESERVE, n)}, got {out_capacity}")
+        self.book_state = alloc_state(config)  # the kernels' one state argument
         self.out = np.zeros(out_capacity, dtype=BOOK_EVENT)
-        self._no_diag = np.zeros((0, 6), dtype=np.int64)
-        self._diag_n = np.zeros(1, dtype=np.int64)
+
+    # the state's arrays, by name (tests, tools, the stage's sizing)
+    @property
+    def sync(self) -> np.ndarray:
+        return self.book_state.sync
+
+    @property
+    def resync(self) -> np.ndarray:
+        return self.book_state.resync
+
+    @property
+    def intervals(self) -> np.ndarray:
+        return self.book_state.intervals
+
+    @property
+    def bars(self) -> np.ndarray:
+        return self.book_state.bars
+
+    @property
+    def count(self) -> np.ndarray:
+        return self.book_state.count
 
     def process(self, md: np.ndarray, *, diag: np.ndarray | None = None,
                 diag_n: np.ndarray | None = None) -> tuple[int, np.ndarray]:
-        """Process as much of ``md`` as fits; returns (consumed, events written)."""
-        consumed, k = process_md_batch(md, len(md), self.keys, self.qtys, self.count, self.sync, self.resync,
-                                       self.buf, self.bars, self.intervals, self.params, self.gstat, self.out, 0,
-                                       self._no_diag if diag is None else diag,
-                                       self._diag_n if diag_n is None else diag_n)
+        """Process as much of ``md`` as fits; returns (consumed, events written).
+
+        ``diag`` (int64[rows, 6]) with its cursor ``diag_n`` (int64[1]) logs
+        ``(symbol, u, bid_px, bid_qty, ask_px, ask_qty)`` after every applied diff.
+        """
+        st = self.book_state
+        if diag is not None:
+            st = st._replace(diag=diag, diag_n=diag_n)
+        consumed, k = process_md_batch(st, md, len(md), self.out, 0)
         return consumed, self.out[:k]
 
     def process_all(self, md: np.ndarray, **kw) -> np.ndarray:
@@ -608,16 +700,14 @@ class BookEngine:
         """Close due bars; returns a copy of every event written."""
         parts = []
         while True:
-            done, k = on_timer(np.int64(now_exch_ms), np.int64(now_ns), self.sync, self.bars, self.intervals,
-                               self.params, self.gstat, self.out, 0)
+            done, k = on_timer(self.book_state, np.int64(now_exch_ms), np.int64(now_ns), self.out, 0)
             parts.append(self.out[:k].copy())
             if done:
                 return np.concatenate(parts)
 
     def mark_all_invalid(self, reason: int, recv_ns: int = 0) -> np.ndarray:
         """Invalidate every book (lapped ring, reconnect); returns the BK_TOP events."""
-        k = mark_all_invalid(np.int64(reason), np.int64(recv_ns), self.keys, self.qtys, self.count,
-                             self.sync, self.resync, self.out, 0)
+        k = mark_all_invalid(self.book_state, np.int64(reason), np.int64(recv_ns), self.out, 0)
         names = REASON_NAMES.get(reason, str(reason))
         log.warning("all books invalidated (%s): resync requested for %d symbols", names, self.config.n_symbols)
         return self.out[:k].copy()
@@ -626,86 +716,91 @@ class BookEngine:
 
     def process_into(self, md: np.ndarray, n: int, dst: np.ndarray, start: int) -> tuple[int, int]:
         """Process up to ``n`` records of ``md`` into ``dst[start:]``: (records consumed, events written)."""
-        consumed, k = process_md_batch(md, n, self.keys, self.qtys, self.count, self.sync, self.resync, self.buf,
-                                       self.bars, self.intervals, self.params, self.gstat, dst, start,
-                                       self._no_diag, self._diag_n)
+        consumed, k = process_md_batch(self.book_state, md, n, dst, start)
         return int(consumed), int(k)
 
     def timer_into(self, now_exch_ms: int, now_ns: int, dst: np.ndarray, start: int) -> tuple[bool, int]:
         """Close due bars into ``dst[start:]``: (all due bars closed, events written)."""
-        done, k = on_timer(np.int64(now_exch_ms), np.int64(now_ns), self.sync, self.bars, self.intervals,
-                           self.params, self.gstat, dst, start)
+        done, k = on_timer(self.book_state, np.int64(now_exch_ms), np.int64(now_ns), dst, start)
         return bool(done), int(k)
 
     def invalidate_all_into(self, reason: int, now_ns: int, dst: np.ndarray, start: int) -> int:
         """Invalidate every book, one BK_TOP per symbol into ``dst[start:]``; returns events written."""
-        return int(mark_all_invalid(np.int64(reason), np.int64(now_ns), self.keys, self.qtys, self.count,
-                                    self.sync, self.resync, dst, start))
+        return int(mark_all_invalid(self.book_state, np.int64(reason), np.int64(now_ns), dst, start))
 
     def reason_name(self, sym: int) -> str:
-        return REASON_NAMES.get(int(self.sync[sym, S_REASON]), "unknown")
+        return REASON_NAMES.get(int(self.book_state.sync[sym]["reason"]), "unknown")
 
     def invalid_mask(self) -> np.ndarray:
-        return self.sync[:, S_STATE] != ST_SYNCED
+        return self.book_state.sync["state"] != ST_SYNCED
 
     def books_valid(self) -> int:
-        return int(np.count_nonzero(self.sync[:, S_STATE] == ST_SYNCED))
+        return int(np.count_nonzero(self.book_state.sync["state"] == ST_SYNCED))
 
     def totals(self) -> dict[str, int]:
         """Per-symbol counters summed over symbols, plus the global ones."""
-        t = {name: int(self.sync[:, col].sum()) for name, col in COUNTER_NAMES.items()}
-        t["bad_symbol"] = int(self.gstat[G_BAD_SYMBOL])
-        t["bad_kind"] = int(self.gstat[G_BAD_KIND])
+        sync = self.book_state.sync
+        t = {name: int(sync[name].sum()) for name in COUNTER_NAMES}
+        t["bad_symbol"] = int(self.book_state.gstat[0]["bad_symbol"])
+        t["bad_kind"] = int(self.book_state.gstat[0]["bad_kind"])
         return t
 
     def take_resync_requests(self) -> list[int]:
         """Symbols that need a fresh snapshot; clears the flags."""
-        syms = np.flatnonzero(self.resync).tolist()
-        self.resync[:] = 0
+        resync = self.book_state.resync
+        syms = np.flatnonzero(resync).tolist()
+        resync[:] = 0
         return syms
 
     def is_valid(self, sym: int) -> bool:
-        return int(self.sync[sym, S_STATE]) == ST_SYNCED
+        return int(self.book_state.sync[sym]["state"]) == ST_SYNCED
 
     def state(self, sym: int) -> int:
-        return int(self.sync[sym, S_STATE])
+        """The symbol's ST_* sync state."""
+        return int(self.book_state.sync[sym]["state"])
 
     def book_id(self, sym: int) -> int:
-        return int(self.sync[sym, S_BOOK_ID])
+        return int(self.book_state.sync[sym]["book_id"])
 
     def top(self, sym: int) -> tuple[int, int, int, int]:
         """(bid_px, bid_qty, ask_px, ask_qty) fixed point; 0 for an empty side."""
-        return tuple(int(v) for v in book_top(self.keys, self.qtys, self.count, sym))
+        st = self.book_state
+        return tuple(int(v) for v in book_top(st.keys, st.qtys, st.count, sym))
 
     def depth(self, sym: int, levels: int = DEPTH_LEVELS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        st = self.book_state
         bp = np.zeros(levels, np.int64)
         bq = np.zeros(levels, np.int64)
         ap = np.zeros(levels, np.int64)
         aq = np.zeros(levels, np.int64)
-        book_depth(self.keys, self.qtys, self.count, sym, 0, bp, bq)
-        book_depth(self.keys, self.qtys, self.count, sym, 1, ap, aq)
+        book_depth(st.keys, st.qtys, st.count, sym, 0, bp, bq)
+        book_depth(st.keys, st.qtys, st.count, sym, 1, ap, aq)
         return bp, bq, ap, aq
 
     def mid(self, sym: int) -> float:
-        return float(book_mid(self.keys, self.qtys, self.count, sym))
+        st = self.book_state
+        return float(book_mid(st.keys, st.qtys, st.count, sym))
 
     def microprice(self, sym: int) -> float:
-        return float(book_microprice(self.keys, self.qtys, self.count, sym))
+        st = self.book_state
+        return float(book_microprice(st.keys, st.qtys, st.count, sym))
 
     def imbalance(self, sym: int, levels: int = 1) -> float:
-        return float(book_imbalance(self.keys, self.qtys, self.count, sym, levels))
+        st = self.book_state
+        return float(book_imbalance(st.keys, st.qtys, st.count, sym, levels))
 
     def counters(self, sym: int) -> dict[str, int]:
-        return {name: int(self.sync[sym, col]) for name, col in COUNTER_NAMES.items()}
+        row = self.book_state.sync[sym]
+        return {name: int(row[name]) for name in COUNTER_NAMES}
 
     def global_counters(self) -> dict[str, int]:
-        return {"bad_symbol": int(self.gstat[G_BAD_SYMBOL]), "bad_kind": int(self.gstat[G_BAD_KIND]),
-                "out_full": int(self.gstat[G_OUT_FULL])}
+        g = self.book_state.gstat[0]
+        return {"bad_symbol": int(g["bad_symbol"]), "bad_kind": int(g["bad_kind"]), "out_full": int(g["out_full"])}
 
 
 __all__ = [
-    "BookConfig", "BookEngine", "md_diff", "md_snapshot", "md_trade", "md_status", "process_md_batch", "on_timer", "mark_all_invalid",
-    "P_DEPTH_THROTTLE_NS", "P_WATERMARK_MS", "P_EMIT_EMPTY", "PARAMS_N", "GSTAT_N", "OUT_RESERVE",
+    "BookConfig", "BookEngine", "BookState", "alloc_state", "BOOK_PARAMS", "BOOK_GSTAT", "DIAG_COLS", "OUT_RESERVE",
+    "md_diff", "md_snapshot", "md_trade", "md_status", "process_md_batch", "on_timer", "mark_all_invalid",
     "REASON_LAPPED", "REASON_RECONNECT",
 ]
 
