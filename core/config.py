@@ -177,7 +177,7 @@ class IdleConfig:
             return make_idle("busy_spin")
         if self.strategy == "futex":
             return make_idle("futex", rings=list(rings), spins=self.spins, yields=self.yields,
-                             max_sleep_ns=self.max_sleep_us * 1000)
+                             min_sleep_ns=self.min_sleep_us * 1000, max_sleep_ns=self.max_sleep_us * 1000)
         return make_idle("backoff", spins=self.spins, yields=self.yields,
                          min_sleep_ns=self.min_sleep_us * 1000, max_sleep_ns=self.max_sleep_us * 1000)
 

@@ -3,7 +3,7 @@
 PASS-THROUGH: one EXEC_REPORT per ORDER_REQUEST with ``exec_type =
 EXEC_TRACE_PROBE`` (0: not an EX_* venue outcome), carrying the trace; no
 order reaches any venue. ``book`` records are consumed for their arrival
-latency (orders first: ``PriorityReader``). Hops: ``orders->execution``
+latency (orders first, in one kernel call per duty cycle: ``execution_step``). Hops: ``orders->execution``
 (report pub - order pub), ``book->execution`` and ``end_to_end`` (report
 pub_ns - recv_ns: frame received to order handed on). The execution issue
 replaces the kernel with the WS API / REST client and the paper/sim fill
@@ -12,111 +12,129 @@ model.
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
-from core.records import EXEC_REPORT, ORDER_REQUEST
+from core.latency import nb_record
+from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST
 from core.topology import ring_hop
-from processes.stage import PriorityReader, RingWriter, Stage
-from processes.stage_kernels import nb_hop, nb_since_recv, nb_sink, nb_trace_bad
+from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage_kernels import (
+    nb_out_publish,
+    nb_out_reserve,
+    nb_sink_ring,
+    nb_trace_bad,
+    scratch_publish,
+    scratch_ring,
+)
+from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
 EXEC_TRACE_PROBE = 0
 PRIORITY = ("orders", "book")
 
 K_REPORTS = 0
 K_TRACE_BAD = 1
-K_N = 2
+K_LOST = 2
+K_OUT_FULL = 3
+K_BOOK = 4
+K_N = 5
 
 
 class ExecutionState(NamedTuple):
     counters: np.ndarray  # int64[K_N]
+    orders: np.ndarray  # ORDER_REQUEST[batch]: scratch for one cycle
+    book: np.ndarray  # BOOK_EVENT[batch]
+    hops: tuple  # latency histograms: (orders->execution, book->execution, end_to_end)
 
 
-def new_state() -> ExecutionState:
-    return ExecutionState(counters=np.zeros(K_N, np.int64))
+def new_state(batch: int = 256, hops: tuple | None = None) -> ExecutionState:
+    from core.latency import new_hist
+
+    return ExecutionState(counters=np.zeros(K_N, np.int64), orders=np.zeros(batch, ORDER_REQUEST),
+                          book=np.zeros(batch, BOOK_EVENT), hops=hops or (new_hist(), new_hist(), new_hist()))
 
 
 @nb.njit(cache=True, nogil=True)
-def execution_kernel(state, src, dst, n, now_ns):
-    """One probe EXEC_REPORT per ORDER_REQUEST of ``src[:n]`` into ``dst[:n]`` (every field written, pub_ns 0)."""
-    state.counters[K_TRACE_BAD] += nb_trace_bad(src, n, now_ns)
-    for i in range(n):
-        s = src[i]
-        d = dst[i]
-        d.recv_ns = s.recv_ns
-        d.pub_ns = 0
-        d.in_pub_ns = s.pub_ns
-        d.exch_ms = 0
-        d.client_order_id = s.client_order_id
-        d.order_id = -1
-        d.trade_id = -1
-        d.last_px = 0
-        d.last_qty = 0
-        d.cum_qty = 0
-        d.cum_quote = 0
-        d.commission = 0
-        d.symbol = s.symbol
-        d.side = 0
-        d.exec_type = EXEC_TRACE_PROBE
-        d.status = 0
-        d.is_maker = 0
-        d.commission_asset = 0
-        d.reject_code = 0
-    state.counters[K_REPORTS] += n
+def _probe(s, d):
+    d.recv_ns = s.recv_ns
+    d.pub_ns = 0
+    d.in_pub_ns = s.pub_ns
+    d.exch_ms = 0
+    d.client_order_id = s.client_order_id
+    d.order_id = -1
+    d.trade_id = -1
+    d.last_px = 0
+    d.last_qty = 0
+    d.cum_qty = 0
+    d.cum_quote = 0
+    d.commission = 0
+    d.symbol = s.symbol
+    d.side = 0
+    d.exec_type = EXEC_TRACE_PROBE
+    d.status = 0
+    d.is_maker = 0
+    d.commission_asset = 0
+    d.reject_code = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def execution_step(state, inputs, reports, max_n):
+    """One duty cycle, orders first (``PRIORITY``), then the book. Returns records consumed, or FULL."""
+    orders, book = inputs
+    c = state.counters
+    work = 0
+    in_ctrl, in_slots, ci = orders
+    avail = nb_available(in_ctrl, ci)
+    if avail > 0:
+        src = state.orders
+        want = avail if avail < src.shape[0] else src.shape[0]
+        out_ctrl, out_slots = reports
+        seq, m = nb_out_reserve(out_ctrl, want)
+        if seq == FULL:
+            c[K_OUT_FULL] += 1
+            return FULL
+        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:m])
+        mask = out_ctrl[H_CAPACITY] - 1
+        for i in range(n):
+            _probe(src[i], out_slots[(seq + i) & mask])
+        now = nb_out_publish(out_ctrl, out_slots, seq, n)
+        for i in range(n):
+            nb_record(state.hops[0], now - src[i].pub_ns)
+            nb_record(state.hops[2], now - src[i].recv_ns)  # end to end: tick received -> report published
+        c[K_TRACE_BAD] += nb_trace_bad(src, n, now)
+        c[K_REPORTS] += n
+        work += n
+    n, lost, bad = nb_sink_ring(book, state.book, max_n, state.hops[1])
+    c[K_BOOK] += n
+    c[K_LOST] += lost
+    c[K_TRACE_BAD] += bad
+    return work + n
 
 
 class ExecutionStage(Stage):
     def __init__(self, config, ctx):
         self.ctx = ctx
-        self.reader = PriorityReader([(r, ctx.inputs[r]) for r in PRIORITY])
-        self.out = RingWriter(ctx.outputs["reports"], ctx)
-        self.hist = {r: ctx.latency.hop(ring_hop(r, "execution")).h for r in PRIORITY}
-        self.e2e = ctx.latency.hop("end_to_end").h
+        self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
+        self.reports = ring_out(ctx.outputs["reports"])
+        self.writer = RingWriter(ctx.outputs["reports"], ctx, scratch=1)
         self.batch = ctx.process.batch
-        self.state = new_state()
+        hops = tuple(ctx.latency.hop(h).h for h in (ring_hop("orders", "execution"), ring_hop("book", "execution"),
+                                                      "end_to_end"))
+        self.state = new_state(self.batch, hops)
 
     def do_work(self) -> int:
-        work = 0
-        for _ in range(len(PRIORITY)):
-            name, p = self.reader.poll(self.batch)
-            if name is None:
-                break
-            done = 0
-            try:
-                if name == "orders":
-                    done = self._orders(p.records)
-                else:
-                    done = len(p.records)
-                    self.state.counters[K_TRACE_BAD] += nb_sink(p.records, done, time.monotonic_ns(),
-                                                                self.hist[name])
-            finally:
-                self.reader.release(done)
-            work += done
-        return work
-
-    def _orders(self, src) -> int:
-        n = len(src)
-        moved = 0
-        while moved < n:
-            dst, direct = self.out.claim(n - moved, 1)
-            if dst is None:
-                break
-            k = min(len(dst), n - moved)
-            part = src[moved:moved + k]
-            execution_kernel(self.state, part, dst, k, time.monotonic_ns())
-            k = self.out.commit(dst, direct, k)
-            nb_hop(self.hist["orders"], dst, part, k)
-            nb_since_recv(self.e2e, dst, k)
-            moved += k
-        return moved
+        n = execution_step(self.state, self.inputs, self.reports, self.batch)
+        if n == FULL:
+            self.writer.wait()  # block ring full: wait for risk, never drop (the orders stay unread)
+            return 0
+        return n
 
     def counters(self) -> dict:
         c = self.state.counters
-        return {"reports": int(c[K_REPORTS]), "trace_violations": int(c[K_TRACE_BAD]),
-                "reports_full": self.out.full_waits}
+        return {"reports": int(c[K_REPORTS]), "book_seen": int(c[K_BOOK]), "trace_violations": int(c[K_TRACE_BAD]),
+                "inputs_lost": int(c[K_LOST]), "reports_full": int(c[K_OUT_FULL])}
 
 
 def make_stage(config, ctx) -> ExecutionStage:
@@ -124,14 +142,7 @@ def make_stage(config, ctx) -> ExecutionStage:
 
 
 def warm(config) -> None:
-    from core.latency import new_hist
-    from core.records import BOOK_EVENT
-
-    src = np.zeros(2, ORDER_REQUEST)
-    src["recv_ns"], src["in_pub_ns"], src["pub_ns"] = 1, 1, 1
-    dst = np.zeros(2, EXEC_REPORT)
-    execution_kernel(new_state(), src, dst, 2, 2)
-    h = new_hist()
-    nb_hop(h, dst, src, 2)
-    nb_since_recv(h, dst, 2)
-    nb_sink(np.zeros(2, BOOK_EVENT), 2, 2, h)
+    ins = tuple(scratch_ring(dt, consumer=True) for dt in (ORDER_REQUEST, BOOK_EVENT))
+    for end in ins:
+        scratch_publish(end, 1)
+    execution_step(new_state(4), ins, scratch_ring(EXEC_REPORT), 4)

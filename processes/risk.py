@@ -4,24 +4,32 @@ PASS-THROUGH: one ORDER_REQUEST per SIGNAL with ``action = ACTION_TRACE_PROBE``
 (0: not ORD_NEW/ORD_CANCEL/ORD_CANCEL_ALL, so no venue code acts on it) and
 zero quantity, carrying the trace; ``book`` and ``reports`` records are
 consumed and only their arrival latency is recorded. Inputs are read in a
-fixed priority (``PriorityReader``): reports first, then book, then
-signals, so execution reports are always applied before a new signal is
-approved. Hops: ``signals->risk``, ``book->risk``, ``reports->risk``. The risk
+fixed priority inside one kernel call per duty cycle (``risk_step``):
+reports first, then book, then signals, so execution reports are always
+applied before a new signal is approved. Hops: ``signals->risk``, ``book->risk``, ``reports->risk``. The risk
 issue replaces the kernel with limits, P&L, stops and the breaker.
 """
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
-from core.records import ORDER_REQUEST, SIGNAL
+from core.latency import nb_record
+from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, SIGNAL
 from core.topology import ring_hop
-from processes.stage import PriorityReader, RingWriter, Stage
-from processes.stage_kernels import nb_hop, nb_sink, nb_trace_bad
+from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage_kernels import (
+    nb_out_publish,
+    nb_out_reserve,
+    nb_sink_ring,
+    nb_trace_bad,
+    scratch_publish,
+    scratch_ring,
+)
+from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
 ACTION_TRACE_PROBE = 0
 #: input priority: what risk must know (fills, then the market) before it decides on a signal
@@ -29,95 +37,115 @@ PRIORITY = ("reports", "book", "signals")
 
 K_ORDERS = 0
 K_TRACE_BAD = 1
-K_N = 2
+K_LOST = 2  # input records overrun before they were read (book under overwrite)
+K_OUT_FULL = 3  # cycles that found the orders ring full (the stage then waits with the process's idle)
+K_REPORTS = 4
+K_BOOK = 5
+K_N = 6
 
 
 class RiskState(NamedTuple):
     next_id: np.ndarray  # int64[1]: next client_order_id
     counters: np.ndarray  # int64[K_N]
+    reports: np.ndarray  # EXEC_REPORT[batch]: scratch for one cycle of each input...
+    book: np.ndarray  # BOOK_EVENT[batch]
+    signals: np.ndarray  # SIGNAL[batch]
+    hops: tuple  # latency histograms: (reports->risk, book->risk, signals->risk)
 
 
-def new_state() -> RiskState:
-    return RiskState(next_id=np.ones(1, np.int64), counters=np.zeros(K_N, np.int64))
+def new_state(batch: int = 256, hops: tuple | None = None) -> RiskState:
+    from core.latency import new_hist
+
+    return RiskState(next_id=np.ones(1, np.int64), counters=np.zeros(K_N, np.int64),
+                     reports=np.zeros(batch, EXEC_REPORT), book=np.zeros(batch, BOOK_EVENT),
+                     signals=np.zeros(batch, SIGNAL), hops=hops or (new_hist(), new_hist(), new_hist()))
 
 
 @nb.njit(cache=True, nogil=True)
-def risk_kernel(state, src, dst, n, now_ns):
-    """One probe ORDER_REQUEST per SIGNAL of ``src[:n]`` into ``dst[:n]`` (every field written, pub_ns 0)."""
-    state.counters[K_TRACE_BAD] += nb_trace_bad(src, n, now_ns)
+def _probe(s, d, cid):
+    d.recv_ns = s.recv_ns
+    d.pub_ns = 0
+    d.in_pub_ns = s.pub_ns
+    d.exch_ms = s.exch_ms
+    d.client_order_id = cid
+    d.orig_client_order_id = 0
+    d.signal_id = s.signal_id
+    d.price = 0
+    d.qty = 0
+    d.stop_px = 0
+    d.symbol = s.symbol
+    d.side = 0
+    d.action = ACTION_TRACE_PROBE
+    d.order_type = 0
+    d.tif = 0
+    d.origin = 0
+
+
+@nb.njit(cache=True, nogil=True)
+def risk_step(state, inputs, orders, max_n):
+    """One duty cycle, inputs in ``PRIORITY`` order: every report and book record it can see, then signals.
+
+    Returns the records consumed, or FULL when signals wait for room in the orders ring.
+    """
+    reports, book, signals = inputs
+    c = state.counters
+    n, lost, bad = nb_sink_ring(reports, state.reports, max_n, state.hops[0])
+    work = n
+    c[K_REPORTS] += n
+    c[K_LOST] += lost
+    c[K_TRACE_BAD] += bad
+    n, lost, bad = nb_sink_ring(book, state.book, max_n, state.hops[1])
+    work += n
+    c[K_BOOK] += n
+    c[K_LOST] += lost
+    c[K_TRACE_BAD] += bad
+    in_ctrl, in_slots, ci = signals
+    avail = nb_available(in_ctrl, ci)
+    if avail == 0:
+        return work
+    src = state.signals
+    want = avail if avail < src.shape[0] else src.shape[0]
+    out_ctrl, out_slots = orders
+    seq, m = nb_out_reserve(out_ctrl, want)
+    if seq == FULL:
+        c[K_OUT_FULL] += 1
+        return FULL if work == 0 else work
+    n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:m])
+    mask = out_ctrl[H_CAPACITY] - 1
     cid = state.next_id[0]
     for i in range(n):
-        s = src[i]
-        d = dst[i]
-        d.recv_ns = s.recv_ns
-        d.pub_ns = 0
-        d.in_pub_ns = s.pub_ns
-        d.exch_ms = s.exch_ms
-        d.client_order_id = cid + i
-        d.orig_client_order_id = 0
-        d.signal_id = s.signal_id
-        d.price = 0
-        d.qty = 0
-        d.stop_px = 0
-        d.symbol = s.symbol
-        d.side = 0
-        d.action = ACTION_TRACE_PROBE
-        d.order_type = 0
-        d.tif = 0
-        d.origin = 0
+        _probe(src[i], out_slots[(seq + i) & mask], cid + i)
+    now = nb_out_publish(out_ctrl, out_slots, seq, n)
+    for i in range(n):
+        nb_record(state.hops[2], now - src[i].pub_ns)
+    c[K_TRACE_BAD] += nb_trace_bad(src, n, now)
     state.next_id[0] = cid + n
-    state.counters[K_ORDERS] += n
+    c[K_ORDERS] += n
+    return work + n
 
 
 class RiskStage(Stage):
     def __init__(self, config, ctx):
         self.ctx = ctx
-        self.reader = PriorityReader([(r, ctx.inputs[r]) for r in PRIORITY])
-        self.out = RingWriter(ctx.outputs["orders"], ctx)
-        self.hist = {r: ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY}
+        self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
+        self.orders = ring_out(ctx.outputs["orders"])
+        self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)
         self.batch = ctx.process.batch
-        self.state = new_state()
+        hops = tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY)
+        self.state = new_state(self.batch, hops)
 
     def do_work(self) -> int:
-        work = 0
-        for _ in range(len(PRIORITY)):  # at most one batch per input per duty cycle, highest priority first
-            name, p = self.reader.poll(self.batch)
-            if name is None:
-                break
-            done = 0
-            try:
-                done = self._signals(p.records) if name == "signals" else self._sink(name, p.records)
-            finally:
-                self.reader.release(done)
-            work += done
-            if name == "signals":
-                break  # a signal batch is the last thing decided this cycle
-        return work
-
-    def _sink(self, name, recs) -> int:
-        n = len(recs)
-        self.state.counters[K_TRACE_BAD] += nb_sink(recs, n, time.monotonic_ns(), self.hist[name])
+        n = risk_step(self.state, self.inputs, self.orders, self.batch)
+        if n == FULL:
+            self.writer.wait()  # block ring full: wait for execution, never drop (the signals stay unread)
+            return 0
         return n
-
-    def _signals(self, src) -> int:
-        n = len(src)
-        moved = 0
-        while moved < n:
-            dst, direct = self.out.claim(n - moved, 1)
-            if dst is None:
-                break
-            k = min(len(dst), n - moved)
-            part = src[moved:moved + k]
-            risk_kernel(self.state, part, dst, k, time.monotonic_ns())
-            k = self.out.commit(dst, direct, k)
-            nb_hop(self.hist["signals"], dst, part, k)
-            moved += k
-        return moved
 
     def counters(self) -> dict:
         c = self.state.counters
-        return {"orders": int(c[K_ORDERS]), "trace_violations": int(c[K_TRACE_BAD]),
-                "orders_full": self.out.full_waits}
+        return {"orders": int(c[K_ORDERS]), "reports_seen": int(c[K_REPORTS]), "book_seen": int(c[K_BOOK]),
+                "trace_violations": int(c[K_TRACE_BAD]), "inputs_lost": int(c[K_LOST]),
+                "orders_full": int(c[K_OUT_FULL])}
 
 
 def make_stage(config, ctx) -> RiskStage:
@@ -125,14 +153,9 @@ def make_stage(config, ctx) -> RiskStage:
 
 
 def warm(config) -> None:
-    from core.latency import new_hist
     from core.records import BOOK_EVENT, EXEC_REPORT
 
-    src = np.zeros(2, SIGNAL)
-    src["recv_ns"], src["in_pub_ns"], src["pub_ns"] = 1, 1, 1
-    dst = np.zeros(2, ORDER_REQUEST)
-    risk_kernel(new_state(), src, dst, 2, 2)
-    h = new_hist()
-    nb_hop(h, dst, src, 2)
-    for dt in (BOOK_EVENT, EXEC_REPORT):
-        nb_sink(np.zeros(2, dt), 2, 2, h)
+    ins = tuple(scratch_ring(dt, consumer=True) for dt in (EXEC_REPORT, BOOK_EVENT, SIGNAL))
+    for end in ins:
+        scratch_publish(end, 1)
+    risk_step(new_state(4), ins, scratch_ring(ORDER_REQUEST), 4)

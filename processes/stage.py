@@ -154,6 +154,11 @@ class RingWriter:
             if self._wait_or_stop():
                 return None, False
 
+    def wait(self) -> bool:
+        """One idle step while the ring is full (a kernel found no room); False once a stop was requested."""
+        self.full_waits += 1
+        return not self._wait_or_stop()
+
     def _wait_or_stop(self) -> bool:
         if self.ctx.should_stop():
             self.stopping = True
@@ -202,6 +207,16 @@ class RingWriter:
         notify = getattr(self.ring, "notify", None)  # futex waiters on the publish cursor (ringbuffers.idle)
         if notify is not None:
             notify()
+
+
+def ring_in(ring: Ring) -> tuple:
+    """A consumer end for a stage kernel: ``(ctrl, slots, consumer index)`` (``processes.stage_kernels``)."""
+    return ring.ctrl, ring.slots, np.int64(ring.consumer_index)
+
+
+def ring_out(ring: Ring) -> tuple:
+    """A producer end for a stage kernel: ``(ctrl, slots)``."""
+    return ring.ctrl, ring.slots
 
 
 class PriorityReader:

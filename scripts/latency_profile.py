@@ -1,24 +1,42 @@
 #!/usr/bin/env python
-"""Latency profile of the whole pipeline on the synthetic source (a benchmark, not a test).
+"""Latency and CPU profile of the whole system, per placement (a benchmark, not a test).
 
-Runs the real supervisor and workers (``python -m processes.supervisor``) with
-``market_data.source = synthetic`` at ``--rate`` records/s for ``--seconds``,
-then prints per-hop and end-to-end latency percentiles (p50/p90/p99/p99.9/max,
-from the records' trace fields), throughput, cold start time, and the machine.
-``--kill WORKER`` kill -9s that worker halfway through and reports the time
-from the crash being detected to its replacement being ready.
+Runs the real supervisor (``python -m processes.supervisor``) once per
+placement and reports, from the records' trace fields, per-hop and
+end-to-end latency percentiles (hop names: ``core.topology.HOPS``), plus:
 
-  scripts/latency_profile.py --rate 2000 --seconds 20
-  scripts/latency_profile.py --config config/dedicated-host.json --rate 50000 --seconds 30 --json
-  RINGTRADER__PROCESSES__BOOK__IDLE__MAX_SLEEP_US=200 scripts/latency_profile.py   # env overrides apply
+- ``wake_us``: the measured cost of one cross-process wake-up on this host:
+  the p50 of a paced ping between two processes with the engine's configured
+  idle strategy (``scripts/bench_wake.py``), and for every strategy with
+  ``--wake-all``;
+- ``ratio``: end_to_end p50 / wake_us p50 per placement. Target on the
+  default (small-host) placement: <= 2, i.e. one wake-up plus kernel time
+  per tick;
+- ``--kill PROCESS``: kill -9 that process halfway and report crash detected
+  -> replacement ready (``recovery_ms``) and crash -> ready;
+- ``--cpu-rates 2000,50000``: CPU of every process (utime + stime from
+  /proc, % of one CPU) with the simulator as the market at those rates and
+  with the market paused (rate 0.001 events/s), summed over the system
+  (the simulator, the exchange stand-in, is reported apart and not summed).
 
-The placement (CPUs, idle strategies) comes from the config; compare runs
-only on the same machine under the same load (the load average is printed).
+Placements (``--placements``): ``small`` = the config's own placement
+(config/system.json: feed + one engine process); ``split`` = one process
+per stage on the same CPUs with the same idle; ``dedicated`` =
+config/dedicated-host.json (one isolated core per stage, busy-spin; needs
+>= 8 CPUs, skipped otherwise).
+
+  scripts/latency_profile.py --json                                  # small + split, synthetic 2k/s, 20 s
+  scripts/latency_profile.py --placements small --kill engine --seconds 20
+  scripts/latency_profile.py --placements small --cpu-rates 2000,50000 --seconds 20
+  RINGTRADER__PLACEMENT__ENGINE__IDLE__STRATEGY=backoff scripts/latency_profile.py   # env overrides apply
+
+Compare runs only on the same machine under the same load (the load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -29,31 +47,96 @@ import threading
 import time
 from pathlib import Path
 
-from _machine import machine  # scripts/ is sys.path[0]
-
 ROOT = Path(__file__).resolve().parents[1]
-HOPS = ("feed", "md->book", "book->signal", "signal->risk", "risk->execution", "end_to_end",
-        "book->risk", "book->execution", "reports->risk")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from core.numba_cache import configure  # noqa: E402
+
+configure()
+from _machine import machine  # noqa: E402  (scripts/ is sys.path[0])
+from core.config import STAGES, load_config  # noqa: E402
+from core.topology import HOPS  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAUSED_RATE = 0.001  # events/s: the simulator's "market paused" (its rate must be > 0)
 
 
-def profile(args) -> dict:
-    cfg = json.loads(Path(args.config).read_text())
-    cfg["instance"] = f"profile-{os.getpid()}"
-    cfg["market_data"]["source"] = "synthetic"
-    cfg["market_data"]["synthetic"]["rate_per_s"] = args.rate
-    cfg.setdefault("processes", {}).setdefault("simulator", {"cpus": [0]})["enabled"] = False
-    info = {"machine": machine(), "config": str(args.config), "rate_per_s": args.rate, "seconds": args.seconds}
+# ---------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------
+def placement_config(base: dict, placement: str) -> dict | None:
+    d = copy.deepcopy(base)
+    if placement == "small":
+        return d
+    if placement == "split":
+        pl = d["placement"]
+        proto = next(v for k, v in pl.items() if isinstance(v, dict) and len(v.get("stages", ())) > 1)
+        proto = {k: v for k, v in proto.items() if k != "stages"}
+        d["placement"] = {st: {**proto, "stages": [st]} for st in STAGES}
+        if "simulator" in pl:
+            d["placement"]["simulator"] = pl["simulator"]
+        return d
+    if placement == "dedicated":
+        ded = json.loads((ROOT / "config" / "dedicated-host.json").read_text())
+        need = {c for p in ded["placement"].values() if isinstance(p, dict) for c in p.get("cpus", [])}
+        if not need <= set(os.sched_getaffinity(0)):
+            return None
+        d["placement"] = ded["placement"]
+        return d
+    raise SystemExit(f"unknown placement {placement!r} (small, split, dedicated)")
+
+
+def source_config(d: dict, source: str, rate: float, instance: str) -> dict:
+    d = copy.deepcopy(d)
+    d["instance"] = instance
+    d["metrics"]["enabled"] = False
+    if source == "synthetic":
+        d["market_data"]["source"] = "synthetic"
+        d["market_data"]["synthetic"]["rate_per_s"] = int(rate)
+        d["placement"].setdefault("simulator", {"cpus": sorted(os.sched_getaffinity(0))})["enabled"] = False
+    else:  # the local simulator as the market, over real sockets
+        d["mode"] = "sim"
+        d["market_data"]["source"] = "exchange"
+        port = _free_port()
+        sim = dict(d.get("simulator") or {})
+        sim.update(port=port, rate=rate)
+        d["simulator"] = sim
+        d["market_data"].update(ws_url=f"ws://127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{port}")
+        d["placement"].setdefault("simulator", {"cpus": sorted(os.sched_getaffinity(0))})["enabled"] = True
+    return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# one supervised run
+# ---------------------------------------------------------------------------
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    f = stat.rpartition(")")[2].split()
+    return int(f[11]) + int(f[12])  # utime + stime (fields 14 and 15)
+
+
+def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tuple[float, float] | None = None) -> dict:
+    """Run the supervisor on ``cfg``; returns its summary plus what was measured from outside."""
     with tempfile.TemporaryDirectory(prefix="ringtrader-profile-") as tmp:
         cfg_path = Path(tmp) / "profile.json"
         cfg_path.write_text(json.dumps(cfg))
         summary_path = Path(tmp) / "summary.json"
-        env = dict(os.environ)
-        env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
         t0 = time.monotonic()
         p = subprocess.Popen([sys.executable, "-m", "processes.supervisor", "--config", str(cfg_path),
-                              "--duration", str(args.seconds), "--summary-json", str(summary_path), "--quiet-summary"],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+                              "--duration", str(seconds), "--summary-json", str(summary_path), "--quiet-summary"],
+                             cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
         events, warnings = [], []
 
         def read():
@@ -69,67 +152,193 @@ def profile(args) -> dict:
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        cpu = None
+        killed = None
         try:
-            if args.kill:
-                victim = None
-                deadline = time.monotonic() + 300
-                while victim is None and time.monotonic() < deadline and p.poll() is None:
-                    ready = [e for e in events if e.get("msg") == "all workers ready"]
-                    mine = [e for e in events if e.get("msg") == f"{args.kill} ready"]
-                    if ready and mine:
-                        victim = mine[-1]["pid"]
-                    time.sleep(0.05)
-                if victim is not None:
-                    time.sleep(args.seconds / 2)
-                    os.kill(victim, signal.SIGKILL)
-            code = p.wait(timeout=args.seconds + 600)
+            go = _wait_for(events, p, lambda e: e.get("msg") == "all processes ready", 600)
+            if go is not None and cpu_window is not None:
+                cpu = _sample_cpu(events, p.pid, *cpu_window)
+            if go is not None and kill:
+                victim = next((e["pid"] for e in reversed(events) if e.get("msg") == f"{kill} ready"), None)
+                if victim is None:
+                    raise SystemExit(f"no process named {kill!r} in this placement")
+                time.sleep(seconds / 2)
+                os.kill(victim, signal.SIGKILL)
+                killed = victim
+            code = p.wait(timeout=seconds + 900)
         finally:
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             reader.join(timeout=5)
-        info["wall_s"] = round(time.monotonic() - t0, 2)
         if code != 0 or not summary_path.exists():
             raise SystemExit(f"supervisor exited with {code}; warnings: {warnings[-10:]}")
         s = json.loads(summary_path.read_text())
-    flow = s.get("flow_s") or args.seconds
-    info["cold_start_ms"] = s["cold_start_ms"]
-    info["flow_s"] = flow
-    info["throughput_per_s"] = {r: round(v["published"] / flow, 1) for r, v in s["rings"].items()}
-    info["rings"] = s["rings"]
-    info["latency"] = {h: s["latency"][h] for h in HOPS if h in s["latency"]}
-    info["restarts"] = {n: w["restarts"] for n, w in s["workers"].items()}
-    info["recovery_ms"] = {n: w["recovery_ms"] for n, w in s["workers"].items() if w["recovery_ms"]}
-    info["warnings"] = warnings
-    return info
+    s["_wall_s"] = round(time.monotonic() - t0, 2)
+    s["_warnings"] = warnings
+    s["_cpu"] = cpu
+    s["_killed_pid"] = killed
+    return s
+
+
+def _wait_for(events: list, p, pred, timeout: float):
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline and p.poll() is None:
+        for e in events[seen:]:
+            if pred(e):
+                return e
+        seen = len(events)
+        time.sleep(0.05)
+    return None
+
+
+def _sample_cpu(events: list, sup_pid: int, skip_s: float, window_s: float) -> dict:
+    """CPU % of one CPU per process over ``window_s``, after ``skip_s`` of warm-up."""
+    time.sleep(skip_s)
+    names = {e["pid"]: e.get("worker") for e in events if e.get("msg", "").startswith("spawned ") and "pid" in e}
+    names.update({e["pid"]: "spare" for e in events if e.get("msg", "").startswith("spare ") and "pid" in e
+                  and e.get("msg", "").endswith(" started")})
+    names[sup_pid] = "supervisor"
+    t1 = {pid: _cpu_ticks(pid) for pid in names}
+    w1 = time.monotonic()
+    time.sleep(window_s)
+    t2 = {pid: _cpu_ticks(pid) for pid in names}
+    wall = time.monotonic() - w1
+    per = {}
+    for pid, name in names.items():
+        if t1[pid] is None or t2[pid] is None:
+            continue
+        per[name] = per.get(name, 0.0) + 100.0 * (t2[pid] - t1[pid]) / CLK_TCK / wall
+    system = round(sum(v for k, v in per.items() if k != "simulator"), 1)
+    return {"per_process_pct": {k: round(v, 1) for k, v in per.items()}, "system_pct": system,
+            "window_s": round(wall, 2)}
+
+
+# ---------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------
+def engine_idle(cfg_dict: dict) -> tuple[str, dict]:
+    """The idle strategy of the process hosting the book stage (the engine on the small host)."""
+    pl = cfg_dict["placement"]
+    proc = next(v for k, v in pl.items() if isinstance(v, dict) and "book" in v.get("stages", ()))
+    idle = dict(proc.get("idle") or {})
+    strategy = idle.pop("strategy", "backoff")
+    return strategy, idle
+
+
+def wake(strategy: str, params: dict, n: int) -> dict:
+    from bench_wake import measure_wake
+
+    return measure_wake(strategy, params, n, 1000)
+
+
+def _lat(s: dict) -> dict:
+    return {h: s["latency"][h] for h in HOPS if h in s["latency"]}
+
+
+def profile(args) -> dict:
+    base = json.loads(Path(args.config).read_text())
+    # environment overrides apply to what the supervisor loads; resolve the engine idle the same way
+    resolved = load_config(args.config, host_cpus=None)
+    eng = resolved.process_of("book")
+    strategy = eng.idle.strategy
+    params = {"spins": eng.idle.spins, "yields": eng.idle.yields, "min_sleep_us": eng.idle.min_sleep_us,
+              "max_sleep_us": eng.idle.max_sleep_us}
+    if strategy == "busy_spin":
+        params = {}
+    out = {"machine": machine(), "config": str(args.config), "source": args.source, "rate_per_s": args.rate,
+           "seconds": args.seconds, "engine_idle": {"strategy": strategy, **params}}
+    out["wake_us"] = {"strategy": strategy, **wake(strategy, params, args.wake_n)}
+    if args.wake_all:
+        out["wake_all"] = {st: wake(st, p, args.wake_n) for st, p in (("busy_spin", {}), (
+            "backoff", {k: v for k, v in params.items()} if strategy == "backoff" else
+            {"spins": 20, "yields": 2, "min_sleep_us": 20, "max_sleep_us": 500}), (
+            "futex", {"spins": 20, "yields": 2, "max_sleep_us": 5000}))}
+    out["placements"] = {}
+    for name in args.placements.split(","):
+        d = placement_config(base, name)
+        if d is None:
+            out["placements"][name] = {"skipped": "needs the dedicated host's CPUs"}
+            continue
+        cfg = source_config(d, args.source, args.rate, f"profile-{os.getpid()}-{name}")
+        s = run_once(cfg, args.seconds, kill=args.kill if name == args.placements.split(",")[0] else None)
+        lat = _lat(s)
+        e2e = lat.get("end_to_end", {})
+        flow = s.get("flow_s") or args.seconds
+        row = {"processes": s["placement"], "cold_start_ms": s["cold_start_ms"], "flow_s": flow,
+               "end_to_end": {k: e2e.get(k) for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us")},
+               "ratio": round(e2e["p50_us"] / out["wake_us"]["p50_us"], 2) if e2e.get("p50_us") else None,
+               "latency": lat,
+               "throughput_per_s": {r: round(v["published"] / flow, 1) for r, v in s["rings"].items()},
+               "idle_fraction": {n: p["idle_fraction"] for n, p in s["processes"].items()},
+               "restarts": s["restarts"], "warnings": s["_warnings"][-5:]}
+        if s["_killed_pid"]:
+            row["kill"] = {"process": args.kill, "recovery_ms": s["processes"][args.kill]["recovery_ms"],
+                           "crash_to_ready_ms": s["processes"][args.kill]["crash_to_ready_ms"],
+                           "via_spare": s["processes"][args.kill]["restarts_via_spare"]}
+        out["placements"][name] = row
+    if args.cpu_rates:
+        out["cpu"] = {}
+        first = args.placements.split(",")[0]
+        d = placement_config(base, first)
+        window = max(5.0, args.seconds - 8)
+        for label, rate in [(str(int(r)), float(r)) for r in args.cpu_rates.split(",")] + [("paused", PAUSED_RATE)]:
+            cfg = source_config(d, "sim", rate, f"profile-{os.getpid()}-cpu{label}")
+            s = run_once(cfg, args.seconds, cpu_window=(3.0, window))
+            row = dict(s["_cpu"] or {})
+            row["md_per_s"] = round(s["rings"]["md"]["published"] / (s.get("flow_s") or args.seconds), 1)
+            row["placement"] = first
+            out["cpu"][label] = row
+    return out
 
 
 def show(r: dict) -> str:
     m = r["machine"]
+    w = r["wake_us"]
     out = [f"machine: {m['cpu_model']}; {m['logical_cpus']} CPUs (allowed {m['allowed_cpus']}); kernel {m['kernel']}; "
-           f"python {m['python']} numpy {m['numpy']} numba {m['numba']}; load {m['load_avg_at_start']}",
-           f"config {r['config']}  rate {r['rate_per_s']}/s  flow {r['flow_s']} s  cold start {r['cold_start_ms']} ms",
-           "throughput (records/s): " + "  ".join(f"{k}={v}" for k, v in r["throughput_per_s"].items()),
-           f"{'hop (us)':<17}{'count':>9}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}"]
-    for hop, h in r["latency"].items():
-        out.append(f"{hop:<17}{h['count']:>9}{h['p50_us']:>10.1f}{h['p90_us']:>10.1f}{h['p99_us']:>10.1f}"
-                   f"{h['p999_us']:>10.1f}{h['max_us']:>11.1f}")
-    drops = {k: (v["drops"], v["laps"], v["stalls"]) for k, v in r["rings"].items() if v["drops"] or v["stalls"]}
-    out.append(f"drops/laps/stalls: {drops or 'none'}")
-    if r["recovery_ms"]:
-        out.append(f"crash detected -> replacement ready (ms): {r['recovery_ms']}")
-    if r["warnings"]:
-        out.append("warnings: " + "; ".join(r["warnings"][-5:]))
+           f"python {m['python']} numba {m['numba']}; load {m['load_avg_at_start']}",
+           f"config {r['config']}  source {r['source']}  rate {r['rate_per_s']}/s  {r['seconds']} s per run",
+           f"one wake-up ({w['strategy']}, the engine's idle): p50 {w['p50_us']:.1f} us  p90 {w['p90_us']:.1f}  "
+           f"p99 {w['p99_us']:.1f}  consumer CPU {w['cpu_pct']:.1f}%"]
+    for st, x in (r.get("wake_all") or {}).items():
+        out.append(f"  wake {st:<10} p50 {x['p50_us']:8.1f} us  p90 {x['p90_us']:8.1f}  p99 {x['p99_us']:8.1f}  "
+                   f"CPU {x['cpu_pct']:.1f}%")
+    for name, row in r["placements"].items():
+        if "skipped" in row:
+            out.append(f"placement {name}: skipped ({row['skipped']})")
+            continue
+        e = row["end_to_end"]
+        out.append(f"placement {name} {row['processes']}: end_to_end p50 {e['p50_us']:.1f} us  p99 {e['p99_us']:.1f}"
+                   f"  ratio to one wake-up {row['ratio']}  restarts {row['restarts']}  idle {row['idle_fraction']}")
+        out.append(f"  {'hop (us)':<18}{'count':>9}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'max':>11}")
+        for hop, h in row["latency"].items():
+            out.append(f"  {hop:<18}{h['count']:>9}{h['p50_us']:>10.1f}{h['p90_us']:>10.1f}{h['p99_us']:>10.1f}"
+                       f"{h['p999_us']:>10.1f}{h['max_us']:>11.1f}")
+        if "kill" in row:
+            k = row["kill"]
+            out.append(f"  kill -9 {k['process']}: recovery {k['recovery_ms']} ms (crash detected -> ready), "
+                       f"crash -> ready {k['crash_to_ready_ms']} ms, via spare {k['via_spare']}")
+    for label, c in (r.get("cpu") or {}).items():
+        out.append(f"cpu @ {label} ev/s (md {c.get('md_per_s')}/s): system {c.get('system_pct')}% of one CPU  "
+                   f"{c.get('per_process_pct')}")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "config" / "system.json"))
-    ap.add_argument("--rate", type=int, default=2000, help="synthetic market events per second")
+    ap.add_argument("--placements", default="small,split", help="comma list of small, split, dedicated")
+    ap.add_argument("--source", default="synthetic", choices=("synthetic", "sim"),
+                    help="synthetic: the seeded generator inside the feed; sim: the local simulator over sockets")
+    ap.add_argument("--rate", type=float, default=2000, help="market events per second")
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--kill", default=None, help="kill -9 this worker halfway and measure its recovery")
+    ap.add_argument("--kill", default=None, help="kill -9 this process halfway (first placement) and time its recovery")
+    ap.add_argument("--cpu-rates", default="", help="e.g. 2000,50000: CPU per process from the simulator at these "
+                                                    "rates and paused (first placement)")
+    ap.add_argument("--wake-n", type=int, default=2000, help="pings for the wake-up measurement")
+    ap.add_argument("--wake-all", action="store_true", help="also measure a wake-up for every idle strategy")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     r = profile(args)

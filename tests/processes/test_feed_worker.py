@@ -61,9 +61,12 @@ class FakeCtx:
         return out
 
 
-def drain(ring: Ring, into: list, stop: threading.Event, start_after_s: float) -> None:
-    """Consumer thread: waits ``start_after_s`` (the ring fills up meanwhile), then reads everything."""
-    time.sleep(start_after_s)
+def drain(ring: Ring, into: list, stop: threading.Event, start) -> None:
+    """Consumer thread: waits ``start`` (seconds, or an Event: the ring fills up meanwhile), then reads everything."""
+    if isinstance(start, threading.Event):
+        start.wait(30)
+    else:
+        time.sleep(start)
     while True:
         p = ring.poll(4096)
         if len(p.records):
@@ -82,8 +85,9 @@ def test_full_block_ring_makes_the_feed_wait_and_nothing_is_lost_or_reordered(in
     reader = Ring.attach(name, MD_EVENT, 0)
     got: list[np.ndarray] = []
     done = threading.Event()
-    # the consumer starts late, so the ring fills and the feed has to wait
-    t = threading.Thread(target=drain, args=(reader, got, done, 1.0 if capacity < 16384 else 2.5), daemon=True)
+    # the consumer starts only once the ring is full and the feed has had to wait (a condition, not a delay)
+    go = threading.Event()
+    t = threading.Thread(target=drain, args=(reader, got, done, go), daemon=True)
     try:
         ctx = FakeCtx(ring)
         pub = feed.RingPublisher(ring, ctx, ctx.latency.hop("feed"))
@@ -96,11 +100,12 @@ def test_full_block_ring_makes_the_feed_wait_and_nothing_is_lost_or_reordered(in
                 client = FeedClient(s, pub.records, frame_sink=sink)
                 task = asyncio.create_task(feed._run_exchange(ctx, client, pub))
                 t.start()
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 40
                 while client.stats.snapshots < 2 and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 while pub.full_waits == 0 and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)  # the ring fills up: the consumer has not started yet
+                go.set()
                 # (a request while the symbol's snapshot is still pending would coalesce with it)
                 ctx.pending.append({"type": "resync", "symbol": 1})
                 while client.stats.snapshots < 3 and time.monotonic() < deadline:
@@ -120,6 +125,7 @@ def test_full_block_ring_makes_the_feed_wait_and_nothing_is_lost_or_reordered(in
         published = ring.published
     finally:
         done.set()
+        go.set()
         reader.close()
         ring.close()
         ring.unlink()
