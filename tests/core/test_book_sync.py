@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.book_sync import (
+    COUNTER_NAMES,
     REASON_CROSSED,
     REASON_GAP,
     REASON_LAPPED,
@@ -18,6 +25,7 @@ from core.book_sync import (
     ST_AWAIT_BRIDGE,
     ST_NO_SNAPSHOT,
     ST_SYNCED,
+    SYNC_ROW,
 )
 from core.book_worker_kernels import BookConfig, BookEngine, md_diff, md_snapshot, md_status, md_trade
 from core.errors import ConfigError
@@ -366,3 +374,75 @@ def test_buffer_overflow_forgets_the_buffer_and_a_newer_snapshot_still_syncs():
 
 def test_md_event_dtype_is_what_the_kernel_reads():
     assert md_diff(0, 1, 2).dtype == MD_EVENT
+
+
+def test_sync_rows_are_named_fields_and_totals_sum_them():
+    e = engine()
+    e.process_all(cat(md_snapshot(0, 100, SNAP_BIDS, SNAP_ASKS), md_diff(0, 101, 101, [(100 * S, S)]),
+                      md_diff(1, 5, 6, [(100 * S, S)]), md_trade(1, 1, 100 * S, S, 1_700_000_000_000)))
+    assert e.sync.dtype == SYNC_ROW and e.sync.shape == (2,)
+    row = e.sync[0]
+    assert (row["state"], row["book_id"], row["applied"]) == (ST_SYNCED, 101, 1)
+    assert (e.sync[1]["state"], e.sync[1]["buffered"], e.sync[1]["trades"]) == (ST_NO_SNAPSHOT, 1, 1)
+    t = e.totals()
+    assert set(t) == set(COUNTER_NAMES) | {"bad_symbol", "bad_kind"}
+    assert (t["applied"], t["buffered"], t["trades"], t["snapshots_applied"]) == (1, 1, 1, 1)
+    assert e.books_valid() == 1 and e.invalid_mask().tolist() == [False, True]
+    assert e.reason_name(1) == "start"
+
+
+_CACHE_CHILD = textwrap.dedent("""
+    import json
+    import numpy as np
+    from numba.core.dispatcher import Dispatcher
+    import core.bars, core.book, core.book_sync, core.book_worker_kernels
+    from core.book_sync import REASON_LAPPED
+    from core.book_worker_kernels import BookConfig, BookEngine, md_diff, md_snapshot, md_status, md_trade
+    from core.records import BOOK_EVENT, STATUS_RECONNECTED
+
+    S = 10**8
+    e = BookEngine(BookConfig(n_symbols=2, depth_throttle_ms=0))
+    t0 = 1_700_000_059_000
+    md = np.concatenate([
+        md_diff(0, 11, 11, bids=[(100 * S, S)]), md_snapshot(0, 10, bids=[(99 * S, S)], asks=[(101 * S, S)]),
+        md_diff(0, 12, 12, bids=[(98 * S, S), (97 * S, S)], asks=[(102 * S, S)]),
+        md_trade(0, 1, 100 * S, S, t0), md_trade(0, 2, 100 * S, S, t0 + 1500, last_id=3),
+        md_status(0, STATUS_RECONNECTED),
+    ])
+    e.process_all(md)
+    e.on_timer(t0 + 200_000)
+    e.mark_all_invalid(REASON_LAPPED)
+    dst = np.zeros(64, BOOK_EVENT)
+    e.process_into(md, len(md), dst, 0)
+    e.timer_into(t0 + 300_000, 1, dst, 0)
+    e.invalidate_all_into(REASON_LAPPED, 1, dst, 0)
+    e.top(0), e.depth(0), e.mid(0), e.microprice(0), e.imbalance(0, 2)
+    stats = {}
+    for mod in (core.bars, core.book, core.book_sync, core.book_worker_kernels):
+        for name, f in vars(mod).items():
+            if isinstance(f, Dispatcher) and f.py_func.__module__ == mod.__name__:
+                stats[mod.__name__ + "." + name] = (sum(f.stats.cache_hits.values()),
+                                                     sum(f.stats.cache_misses.values()))
+    print(json.dumps(stats))
+""")
+
+
+def test_a_second_process_loads_every_book_kernel_from_the_disk_cache(tmp_path):
+    """The state bundle (NamedTuple of arrays, record dtypes) caches: a restart compiles nothing."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", _CACHE_CHILD], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert sum(miss for _hit, miss in cold.values()) > 0  # the first process compiled into the empty cache
+    warm = run()
+    compiled = {name: miss for name, (_hit, miss) in warm.items() if miss}
+    assert compiled == {}, f"recompiled in the second process: {compiled}"
+    for name in ("core.book_worker_kernels.process_md_batch", "core.book_worker_kernels.on_timer",
+                 "core.book_worker_kernels.mark_all_invalid", "core.book.book_top", "core.book.book_depth"):
+        assert warm[name][0] > 0, f"{name} was not loaded from the cache"
