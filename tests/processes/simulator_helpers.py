@@ -4,6 +4,7 @@ that follows Binance's documented sync procedure, and config builders."""
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import aiohttp
@@ -12,13 +13,27 @@ import orjson
 from processes.simulator import Simulator, SimulatorConfig, resolve_symbols
 
 
-def arun(coro, timeout: float = 30.0):
+# how long a test waits for a condition before it fails: generous, because the test host is a
+# loaded 2-CPU machine; tests wait for what they need to see, never for a fixed time
+DEADLINE = 30.0
+
+
+def arun(coro, timeout: float = 3 * DEADLINE):
     """Run one async test body with an overall timeout."""
 
     async def _bounded():
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(_bounded())
+
+
+async def wait_until(pred, what: str, timeout: float = DEADLINE, step: float = 0.01) -> None:
+    """Poll ``pred()`` until it is true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(step)
 
 
 def make_cfg(**overrides) -> SimulatorConfig:
@@ -118,7 +133,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, body=None):
         return r.status, orjson.loads(await r.read())
 
 
-async def recv_json(ws, timeout: float = 3.0):
+async def recv_json(ws, timeout: float = DEADLINE):
     msg = await ws.receive(timeout=timeout)
     if msg.type != aiohttp.WSMsgType.TEXT:
         raise AssertionError(f"expected a text frame, got {msg.type} {msg.data!r}")

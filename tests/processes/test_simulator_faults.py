@@ -10,12 +10,12 @@ import orjson
 
 from processes.simulator.config import FaultConfig
 from processes.simulator.faults import ACT_ABORT, ACT_CLOSE, ACT_SEND, ConnectionFaults, FaultStats
-from simulator_helpers import arun, get_json, post_json, recv_json, sim_for
+from simulator_helpers import DEADLINE, arun, get_json, post_json, recv_json, sim_for, wait_until
 
 CLOSING = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
 
 
-async def _collect(ws, n_frames: int, timeout: float = 5.0) -> tuple[list[bytes], aiohttp.WSMessage | None]:
+async def _collect(ws, n_frames: int, timeout: float = DEADLINE) -> tuple[list[bytes], aiohttp.WSMessage | None]:
     """Text frames until n_frames arrived or the connection ended (returns the ending message)."""
     frames: list[bytes] = []
     loop = asyncio.get_running_loop()
@@ -49,8 +49,8 @@ def test_random_disconnect_aborts_the_connection_without_a_close_frame():
     async def body():
         async with sim_for(faults={"disconnect_probability": 0.02}) as sim, aiohttp.ClientSession() as http:
             async with http.ws_connect(f"{sim.ws_url}/ws/btcusdt@trade/btcusdt@bookTicker") as ws:
-                frames, end = await _collect(ws, 100_000, timeout=10)
-            await asyncio.sleep(0.05)
+                frames, end = await _collect(ws, 100_000)
+            await wait_until(lambda: sim.stats()["clients"] == 0, "the simulator to forget the connection")
             return frames, end, sim.stats()
 
     frames, end, st = arun(body())

@@ -48,7 +48,7 @@ def test_hftbacktest_replay_serves_frames_and_snapshot_byte_for_byte_and_the_boo
                 rest = await _receive_n(ws, len(expected) - 1)
             return first + rest, snap
 
-    got, snap = arun(body(), timeout=60)
+    got, snap = arun(body())
     assert snap == recorded_snap
     assert len(got) == len(expected)
     assert got == expected, "every recorded frame, in order, byte for byte"
@@ -70,7 +70,7 @@ def test_raw_client_gets_the_recorded_data_bytes(shared_data):
             async with http.ws_connect(f"{sim.ws_url}/ws/ethusdt@trade") as ws:
                 return await _receive_n(ws, len(envelopes))
 
-    got = arun(body(), timeout=60)
+    got = arun(body())
     assert len(got) == 6106
     for raw, env in zip(got, envelopes):
         assert env == b'{"stream":"ethusdt@trade","data":' + raw + b"}"
@@ -99,7 +99,7 @@ def test_cryptofeed_recording_replays_all_streams_snapshots_and_exchange_info(sh
             status, _, unknown = await get_json(http, f"{sim.base_url}/api/v3/depth", symbol="NOPEUSDT")
             return got, served, served_info, (status, unknown)
 
-    got, served, served_info, unknown = arun(body(), timeout=60)
+    got, served, served_info, unknown = arun(body())
     assert got == expected
     assert served == snaps, "each symbol's recorded snapshot body, byte for byte"
     assert served_info == info
@@ -121,18 +121,19 @@ def test_own_recording_plays_at_recorded_speed_and_as_fast_as_possible(tmp_path)
 
     async def body(speed):
         async with _replay_sim([tmp_path], speed=speed) as sim, aiohttp.ClientSession() as http:
+            # playback starts when the first client subscribes, so not before t0: the last frame
+            # (600 ms after the first in the recording) cannot arrive before t0 + 0.6 s at speed 1
+            t0 = time.monotonic()
             async with http.ws_connect(f"{sim.ws_url}/stream?streams=btcusdt@trade") as ws:
-                t0 = time.monotonic()
-                got = await _receive_n(ws, 1)
-                t1 = time.monotonic()
-                got += await _receive_n(ws, 4)
+                got = await _receive_n(ws, 5)
                 t_end = time.monotonic()
             async with http.get(f"{sim.base_url}/api/v3/depth", params={"symbol": "BTCUSDT"}) as r:
                 snap = await r.read()
-            return got, t_end - t1, snap
+            return got, t_end - t0, snap
 
     got, span, snap = arun(body(1.0))
     assert got == payloads and snap == snapshot
-    assert span >= 0.55, "4 gaps of 150 ms at recorded speed"
+    # a lower bound only (the recorded spacing is the behaviour; a loaded host may take longer)
+    assert span >= 0.6 - 0.005, "4 gaps of 150 ms at recorded speed"
     got_fast, _, _ = arun(body(0.0))
     assert got_fast == payloads
