@@ -129,7 +129,7 @@ def test_ring_writer_uses_its_scratch_at_the_wrap_point_and_gives_up_when_stoppi
 def test_signal_stage_relays_with_the_trace_and_records_its_hop(instance):
     book = Ring.create(segment_name(instance, "book"), BOOK_EVENT, 64, 1)
     sig = Ring.create(segment_name(instance, "signals"), SIGNAL, 64, 1)
-    proc = FakeProc(batch=256)
+    proc = FakeProc(batch=16)
     ctx = StageContext("signal", proc)
     ctx.inputs["book"] = Ring.attach(book.name, BOOK_EVENT, 0)
     ctx.outputs["signals"] = Ring.attach(sig.name, SIGNAL, "producer")
@@ -139,7 +139,7 @@ def test_signal_stage_relays_with_the_trace_and_records_its_hop(instance):
         stage = signal_stage.make_stage(proc.config, ctx)
         recs = book_records(20)
         assert book.publish_batch(recs) == 20
-        assert stage.do_work() == 20 and stage.do_work() == 0
+        assert stage.do_work() == 16 and stage.do_work() == 4 and stage.do_work() == 0  # a batch per cycle
         got = out_reader.poll(64).records.copy()
         out_reader.release()
         assert np.array_equal(got["recv_ns"], recs["recv_ns"])
@@ -148,11 +148,24 @@ def test_signal_stage_relays_with_the_trace_and_records_its_hop(instance):
         assert got["signal_id"].tolist() == list(range(1, 21))
         assert np.all(got["reason"] == signal_stage.REASON_TRACE_PROBE)
         assert proc.latency.hop("book->signal").count == 20
-        assert stage.counters() == {"signals": 20, "trace_violations": 0, "signals_full": 0}
+        assert stage.counters() == {"signals": 20, "trace_violations": 0, "book_lost": 0, "signals_full": 0}
         bad = book_records(1, start=100)
         bad["in_pub_ns"] = 50  # before recv_ns: a broken trace is counted, the record still flows
         book.publish_batch(bad)
         assert stage.do_work() == 1 and stage.counters()["trace_violations"] == 1
+        # the signals ring (64) is full: the stage waits (idle + heartbeat) and leaves the book records unread
+        assert out_reader.lag() == 1
+        book.publish_batch(book_records(63, start=200))
+        while stage.do_work():
+            pass
+        assert sig.published == 84 and out_reader.lag() == 64
+        book.publish_batch(book_records(5, start=300))
+        hb = proc.heartbeats
+        assert stage.do_work() == 0 and proc.heartbeats > hb and ctx.inputs["book"].lag() == 5
+        assert stage.counters()["signals_full"] == 1
+        out_reader.poll(64)
+        out_reader.release()
+        assert stage.do_work() == 5 and sig.published == 89  # room again: nothing was dropped
     finally:
         for r in list(ctx.inputs.values()) + list(ctx.outputs.values()) + [out_reader]:
             r.close()
