@@ -77,3 +77,46 @@ def test_full_control_queue_returns_false_instead_of_raising():
     q = ControlQueue(max_size_bytes=256)
     results = [q.put_nowait({"type": "log", "msg": "x" * 50}) for _ in range(20)]
     assert results[0] is True and results[-1] is False
+
+
+def _rss_shmem_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _send_a_lap(q: ControlQueue, out: ControlQueue, total_bytes: int) -> None:
+    before = _rss_shmem_kb()
+    msg = {"type": "heartbeat", "stats": {"pad": "x" * 400}}
+    sent = 0
+    while sent < total_bytes:
+        if q.put_nowait(msg):
+            sent += 420
+        else:
+            time.sleep(0.001)
+    out.put({"type": "rss", "before_kb": before, "after_kb": _rss_shmem_kb()})
+
+
+def test_a_spawned_sender_maps_the_whole_queue_up_front_so_its_rss_stays_flat():
+    # A receiving process maps the shared buffer at unpickling (ControlQueue.prefault), not
+    # page by page as its messages advance through it: otherwise a worker's RSS climbs by
+    # every byte it sends until the 4 MB event queue has wrapped, which a soak reads as a leak.
+    size = 2 << 20
+    q, out = ControlQueue(max_size_bytes=size), ControlQueue()
+    assert q.prefault() >= size // 4096
+    p = mp.get_context("spawn").Process(target=_send_a_lap, args=(q, out, 2 * size))
+    p.start()
+    try:
+        report, deadline = None, time.monotonic() + 60
+        while report is None and time.monotonic() < deadline:
+            q.get_many(timeout=0.01, max_messages=10_000)
+            report = out.get(timeout=0)
+        assert report is not None, "sender never reported"
+        assert report["before_kb"] >= size // 1024, report  # the whole buffer is resident at start
+        assert report["after_kb"] - report["before_kb"] < 256, report  # and nothing is added by a full lap
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
