@@ -65,9 +65,12 @@ import numpy as np
 
 from core.book_worker_kernels import OUT_RESERVE, REASON_LAPPED, BookConfig, BookEngine, md_diff, md_snapshot, md_status, md_trade
 from core.latency import nb_record, new_hist
-from core.records import BK_BAR, BK_DEPTH, BK_TOP, BK_TRADE, BOOK_EVENT, BOOK_VALID, FIXED_SCALE, STATUS_RECONNECTED
+from core.records import BK_BAR, BK_DEPTH, BK_TOP, BK_TRADE, BOOK_EVENT, BOOK_VALID, FIXED_SCALE, MD_EVENT, STATUS_RECONNECTED
+from core.book_worker_kernels import process_md_batch
 from core.topology import ring_hop
-from processes.stage import RingWriter, Stage
+from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage_kernels import nb_out_publish, nb_out_reserve, scratch_publish, scratch_ring
+from ringbuffers.ring import FULL, H_CAPACITY, POLICY_BLOCK, nb_poll_end, nb_poll_view
 
 TIMER_PERIOD_NS = 20_000_000  # bar timer: a bar closes at most this long after end + watermark
 SLOW_PERIOD_NS = 100_000_000  # resync retries are checked this often
@@ -97,6 +100,46 @@ def tally_events(ev, k, tally, hist):
             tally[T_TOPS_INVALID] += 1
         if e.in_pub_ns > 0:
             nb_record(hist, e.pub_ns - e.in_pub_ns)
+
+
+@nb.njit(cache=True, nogil=True)
+def book_step(st, md, book, md_buf, ev_buf, max_n, n_sym, n_iv, tally, hist):
+    """One duty cycle on a ``block`` md ring, in one call: copy up to ``max_n`` md records out of their slots,
+    run the book kernel into ``ev_buf``, publish the events (pub_ns stamped), release the md records consumed.
+
+    Returns ``(md records consumed, events published, newest exch_ms seen)``; consumed is ``FULL`` when the
+    book ring has no room for one record's events (nothing is consumed: the stage waits, never drops).
+    """
+    ctrl, slots, ci = md
+    cursor, n = nb_poll_view(ctrl, ci, max_n)
+    if n == 0:
+        return 0, 0, 0
+    if n > md_buf.shape[0]:
+        n = md_buf.shape[0]
+    mask = ctrl[H_CAPACITY] - 1
+    newest = 0
+    for k in range(n):  # block policy: the producer cannot reuse a slot before we release it
+        md_buf[k] = slots[(cursor + k) & mask]
+        if md_buf[k].exch_ms > newest:
+            newest = md_buf[k].exch_ms
+    out_ctrl, out_slots = book
+    need = OUT_RESERVE if OUT_RESERVE > n_sym else n_sym  # a status for all symbols writes one top per symbol
+    want = OUT_RESERVE * n + 2 * n_iv
+    if want > ev_buf.shape[0]:
+        want = ev_buf.shape[0]
+    seq, room = nb_out_reserve(out_ctrl, want)
+    if seq == FULL or room < need:
+        return FULL, 0, newest
+    consumed, k = process_md_batch(st, md_buf, n, ev_buf[:room], 0)
+    omask = out_ctrl[H_CAPACITY] - 1
+    for i in range(k):
+        out_slots[(seq + i) & omask] = ev_buf[i]
+    now = nb_out_publish(out_ctrl, out_slots, seq, k)
+    for i in range(k):
+        ev_buf[i].pub_ns = now
+    tally_events(ev_buf, k, tally, hist)
+    nb_poll_end(ctrl, ci, cursor + consumed)
+    return consumed, k, newest
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +190,10 @@ def warm(config) -> None:
         out["pub_ns"][:k] = 1
         tally_events(out, k, tally, hist)
         i += consumed
+    md_end, book_end = scratch_ring(MD_EVENT, 64, consumer=True), scratch_ring(BOOK_EVENT, 64)
+    md_end[1][: len(md)] = md
+    scratch_publish(md_end, len(md))
+    book_step(eng.book_state, md_end, book_end, np.zeros(8, MD_EVENT), np.zeros(64, BOOK_EVENT), 8, 2, 2, tally, hist)
     eng.timer_into(1_700_000_200_000, 1, out, 0)
     eng.invalidate_all_into(REASON_LAPPED, 1, out, 0)
     eng.take_resync_requests()
@@ -169,6 +216,12 @@ class BookStage(Stage):
         self.block = self.out.block
         self.batch = ctx.process.batch
         self.hist = ctx.latency.hop(ring_hop("md", "book")).h
+        # a block md ring (the default) is read in one kernel call per cycle (book_step); under overwrite the
+        # Python path below validates each poll and detects a lap
+        self.fused = self.md.policy == POLICY_BLOCK
+        self.md_end, self.book_end = ring_in(self.md), ring_out(ctx.outputs["book"])
+        self.md_buf = np.zeros(self.batch, self.md.dtype)
+        self.ev_buf = np.zeros(max(SCRATCH_EVENTS, OUT_RESERVE * self.batch + 2 * self.n_sym * 4), BOOK_EVENT)
         self.tally = np.zeros(T_N, np.int64)
         self.n_iv = len(self.engine.intervals)
         self.exch_anchor_ms = 0  # newest exch_ms seen in md...
@@ -207,6 +260,16 @@ class BookStage(Stage):
 
     def do_work(self) -> int:
         """Poll one md batch, process and publish it. Returns the md records consumed."""
+        if self.fused:
+            consumed, k, newest = book_step(self.engine.book_state, self.md_end, self.book_end, self.md_buf,
+                                            self.ev_buf, self.batch, self.n_sym, self.n_iv, self.tally, self.hist)
+            if consumed == FULL:
+                self.out.wait()  # the book ring is full: wait for the slowest consumer, never drop
+                return 0
+            if newest > self.exch_anchor_ms:
+                self.exch_anchor_ms, self.exch_anchor_ns = newest, time.monotonic_ns()
+            self.md_records += consumed
+            return consumed
         if self.md.lag() == 0:  # the common idle case, without building a poll (a lapped ring shows a lag too)
             return 0
         p = self.md.poll(self.batch)
