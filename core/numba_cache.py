@@ -328,6 +328,13 @@ def _warm(config_path: str) -> int:
     from processes.runtime import warm_all
 
     servable, problems = warm_all(cfg)
+    if cfg.simulator_enabled:  # the local exchange's kernels too: the first start in sim mode compiles nothing
+        try:
+            from processes.simulator.worker import warm as warm_simulator
+
+            warm_simulator(cfg)
+        except Exception as exc:  # noqa: BLE001 - reported; the simulator then compiles at its start
+            problems["simulator"] = f"{type(exc).__name__}: {exc}"
     took = time.monotonic() - t0
     for name, reason in sorted(problems.items()):
         print(f"cannot warm {name}: {reason}", file=sys.stderr)
@@ -336,7 +343,7 @@ def _warm(config_path: str) -> int:
         tmp.write_text(f"{took:.1f}\n")
         os.replace(tmp, cache_base() / COMPILE_ESTIMATE_FILE)
     print(f"numba kernels {'compiled' if cold else 'loaded'} in {took:.1f} s "
-          f"({len(servable)} workers) into {path}", flush=True)
+          f"({len(servable)} processes) into {path}", flush=True)
     return 1 if problems else 0
 
 

@@ -85,3 +85,22 @@ async def _watch(sim, ctx, stop: asyncio.Event) -> None:
             )
             last_hb = now
         await asyncio.sleep(STOP_POLL_S)
+
+
+def warm(config: Any) -> None:
+    """Load the market generator and stream-building kernels (numba disk cache) on a throwaway generator.
+
+    ``python -m core.numba_cache --warm`` calls it (sim mode), so a first
+    ``scripts/start.sh`` after the install does not compile the simulator.
+    """
+    from processes.simulator.market import MarketGenerator
+    from processes.simulator.streams import StreamBuilder
+
+    sim_cfg = sim_config_of(config)
+    specs = resolve_symbols(instruments_of(config), sim_cfg)
+    gen = MarketGenerator(specs, seed=sim_cfg.seed, rate=sim_cfg.rate, depth_levels=sim_cfg.depth_levels)
+    builder = StreamBuilder(gen)
+    wanted = {f"{s.symbol.lower()}@{k}" for s in specs for k in ("depth@100ms", "depth", "trade", "aggTrade",
+                                                                  "bookTicker")}
+    for i in range(3):
+        builder.build(gen.step(i * gen.tick_ms), i * gen.tick_ms, wanted)
