@@ -176,7 +176,10 @@ class ProcessContext:
                 self._stop = True
 
     def _heartbeat_msg(self, now: int, kind: str = "heartbeat") -> dict:
-        msg = {"type": kind, "mono_ns": now, "stats": self.stats, "idle_ns": self.idle.idle_ns}
+        idle = self.idle
+        msg = {"type": kind, "mono_ns": now, "stats": self.stats, "idle_ns": idle.idle_ns,
+               "idle": {k: getattr(idle, k) for k in ("name", "mode", "waits", "timeouts", "sleeps")
+                        if hasattr(idle, k)}}
         if self.stage_counters is not None:
             msg["stages"] = self.stage_counters()
         return msg

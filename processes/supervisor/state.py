@@ -44,6 +44,7 @@ class Proc:
     stage_stats: dict = field(default_factory=dict)  # current incarnation: stage -> counters
     stage_done: dict = field(default_factory=dict)  # finished incarnations: stage -> summed counters
     idle_ns: int = 0  # current incarnation's idle time (its idle strategy's account)
+    idle_info: dict = field(default_factory=dict)  # its idle strategy: name, mode, futex waits/timeouts, sleeps
     flow_ns: int = 0  # ...and the time it has run since its go (for the idle fraction)
     lat_wire: dict = field(default_factory=dict)  # current incarnation's latency (cumulative)
     lat_done: object = None  # LatencySet merged over finished incarnations

@@ -63,7 +63,7 @@ def build_summary(sup) -> dict:
                              "crash_to_ready_ms": p.crash_to_ready_ms, "restarts_via_spare": p.via_spare,
                              "exit_codes": p.exits, "idle_fraction": _idle_fraction(p), "counters": p.counters(),
                              "cpus": list(sup.cfg.placement[p.name].cpus),
-                             "idle": sup.cfg.placement[p.name].idle.strategy}
+                             "idle": sup.cfg.placement[p.name].idle.strategy, "idle_info": p.idle_info}
         for st in p.stages:
             stages[st] = {"process": p.name, "counters": p.stage_counters(st)}
     latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}

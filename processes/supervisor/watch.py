@@ -56,6 +56,7 @@ class WatchMixin:
             p.stats = dict(m.get("stats") or {})
             p.stage_stats = dict(m.get("stages") or {})
             p.idle_ns = int(m.get("idle_ns") or 0)
+            p.idle_info = dict(m.get("idle") or {})
             if p.go_at:
                 p.flow_ns = int((now - p.go_at) * 1e9)
             if "latency" in m:
