@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""Soak test: run the real system for minutes and watch every process's memory, fds and /dev/shm.
+
+Runs ``python -m processes.supervisor --config CONFIG --duration S`` and, every
+``--sample-s`` seconds, records for the supervisor and each process it started
+VmRSS and RssAnon (``/proc/<pid>/status``), open fds (``/proc/<pid>/fd``) and
+the total size of this instance's shared-memory segments
+(``/dev/shm/ringtrader.<instance>.*``). At the end it prints one row per
+process: RSS after warm-up (first sample ``--warmup-s`` after the log's
+"all workers ready", or after launch if it never says so), RSS at
+the end, growth %, slope in MB/min (least squares over the post-warm-up
+samples) and the largest fd count; ``--json`` adds every sample.
+
+Processes are named from the supervisor's JSON log lines (any event that
+carries a ``pid``: ``spawned <name>``, ``<name> ready``, ``spare N ready``...;
+the ``worker`` field when present), so the script knows nothing of the
+supervisor's internals beyond its CLI and its log stream. Children the log
+never names (multiprocessing's resource tracker, a renamed stage host...) are
+found by walking ``/proc`` for descendants of the supervisor and named from
+their command line. A restarted worker is a new row (``name#pid``).
+
+  scripts/soak.py                                  # 30 min, config/system.json (simulator)
+  scripts/soak.py --minutes 10 --synthetic --rate 20000 --json soak.json
+  scripts/soak.py --minutes 10 --rate 20000 --sim-port 9110   # simulator at 20k events/s on its own port
+  RINGTRADER__PROCESSES__BOOK__IDLE__MAX_SLEEP_US=200 scripts/soak.py --minutes 5   # overrides pass through
+
+``--rate`` sets both ``market_data.synthetic.rate_per_s`` and
+``simulator.rate`` (whichever source the config uses); ``--synthetic`` switches
+the feed to the synthetic source and disables the simulator. The instance is
+``soak-<pid>`` unless ``--instance`` says otherwise, and metrics are off unless
+``--metrics-port`` is given, so a soak never collides with another run.
+``--max-slope MB/min`` makes the exit code 3 when any process grows faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXIT_SLOPE = 3
+
+
+# ---------------------------------------------------------------------------
+# /proc readers (each returns None when the process is gone)
+# ---------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict | None:
+    """VmRSS, RssAnon, RssFile, RssShmem, VmHWM in kB."""
+    try:
+        out = {}
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM", "Threads"):
+                    out[key] = int(rest.split()[0])
+        return out
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def ppid_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+        return int(data[data.rindex(")") + 2:].split()[1])  # comm may hold spaces/parens
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (one /proc scan)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            pp = ppid_of(int(d))
+            if pp is not None:
+                children.setdefault(pp, []).append(int(d))
+    out, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def name_from_cmdline(cmd: str) -> str:
+    if "resource_tracker" in cmd:
+        return "resource_tracker"
+    if "forkserver" in cmd:
+        return "forkserver"
+    m = re.search(r"-m (\S+)", cmd)
+    if m:
+        return m.group(1)
+    return "child"
+
+
+def shm_bytes(instance: str) -> tuple[int, int, int]:
+    """(segments, apparent bytes, allocated bytes) of /dev/shm/ringtrader.<instance>.*"""
+    n = size = alloc = 0
+    for p in glob.glob(f"/dev/shm/ringtrader.{glob.escape(instance)}.*"):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        n += 1
+        size += st.st_size
+        alloc += st.st_blocks * 512
+    return n, size, alloc
+
+
+# ---------------------------------------------------------------------------
+# Names from the log stream
+# ---------------------------------------------------------------------------
+
+_NAME_PATTERNS = (
+    re.compile(r"^spawned (\S+)"),
+    re.compile(r"^(\S+) ready\b"),
+    re.compile(r"^(\S+) (?:started|listening)\b"),
+)
+
+
+def name_of_event(ev: dict) -> str | None:
+    """The process an event with a ``pid`` talks about, or None."""
+    msg = str(ev.get("msg", ""))
+    m = re.match(r"^spare (\d+) ready", msg)
+    if m or "spare" in ev and not ev.get("worker"):
+        return f"spare{ev.get('spare', m.group(1) if m else '')}"
+    if isinstance(ev.get("worker"), str) and ev["worker"]:
+        return ev["worker"]
+    for pat in _NAME_PATTERNS:
+        m = pat.match(msg)
+        if m and m.group(1) not in ("all",):
+            return m.group(1)
+    return None
+
+
+class Tracker:
+    """pid -> name, fed by the log reader thread and the /proc walk."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.names: dict[int, str] = {}  # latest name of each pid
+        self.from_log: set[int] = set()
+        self.events = 0
+        self.warnings: list[str] = []
+        self.tail: list[str] = []
+        self.ready_t: float | None = None  # monotonic time of the first "all ... ready" line
+
+    def feed_line(self, line: str) -> None:
+        self.tail = (self.tail + [line.rstrip()])[-40:]
+        if not line.startswith("{"):
+            return
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        self.events += 1
+        if self.ready_t is None and re.match(r"^all\b.*\bready\b", str(ev.get("msg", ""))):
+            self.ready_t = time.monotonic()
+        if ev.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+            self.warnings.append(f"{ev.get('proc')}: {ev.get('msg')}")
+        pid = ev.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return
+        name = name_of_event(ev)
+        if name:
+            with self.lock:
+                self.names[pid] = name  # a spare that becomes a worker takes the worker's name
+                self.from_log.add(pid)
+
+    def name(self, pid: int, sup_pid: int) -> str:
+        with self.lock:
+            n = self.names.get(pid)
+        if n:
+            return n
+        if pid == sup_pid:
+            return "supervisor"
+        n = name_from_cmdline(cmdline(pid))
+        with self.lock:
+            self.names.setdefault(pid, n)
+        return n
+
+
+# ---------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------
+
+
+def slope_mb_per_min(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (t_s, kB) in MB/min; None with fewer than 2 points."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    den = sum((t - mt) ** 2 for t, _ in points)
+    if den == 0:
+        return None
+    num = sum((t - mt) * (v - mv) for t, v in points)
+    return num / den * 60 / 1024
+
+
+def analyse(samples: list[dict], warmup_s: float) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for s in samples:
+        for key, p in s["procs"].items():
+            r = rows.setdefault(key, {"process": key, "name": p["name"], "pid": p["pid"], "pts": [], "anon": [],
+                                      "first_t": s["t"], "max_fds": 0})
+            r["name"] = p["name"]
+            r["last_t"] = s["t"]
+            r["pts"].append((s["t"], p["rss_kb"]))
+            r["anon"].append((s["t"], p["rss_anon_kb"]))
+            r["max_fds"] = max(r["max_fds"], p["fds"] or 0)
+    out = []
+    for key, r in rows.items():
+        post = [(t, v) for t, v in r["pts"] if t >= warmup_s]
+        post_anon = [(t, v) for t, v in r["anon"] if t >= warmup_s]
+        start = post[0][1] if post else None
+        end = post[-1][1] if post else r["pts"][-1][1]
+        out.append({
+            "process": key, "name": r["name"], "pid": r["pid"], "samples": len(r["pts"]),
+            "samples_after_warmup": len(post),
+            "rss_warm_mb": round(start / 1024, 1) if start is not None else None,
+            "rss_end_mb": round(end / 1024, 1),
+            "growth_pct": round((end - start) / start * 100, 2) if start else None,
+            "slope_mb_min": _r(slope_mb_per_min(post)),
+            "anon_slope_mb_min": _r(slope_mb_per_min(post_anon)),
+            "max_fds": r["max_fds"],
+        })
+    out.sort(key=lambda x: (x["name"] == "supervisor", x["process"]))
+    return out
+
+
+def _r(v):
+    return None if v is None else round(v, 3)
+
+
+def table(rows: list[dict], shm: list[tuple[float, int]], warmup_s: float) -> str:
+    hdr = ("process", "pid", "RSS warm MB", "RSS end MB", "growth %", "slope MB/min", "anon MB/min", "max fds")
+    lines = [" | ".join(hdr), " | ".join("---" for _ in hdr)]
+    f = lambda v: "-" if v is None else str(v)  # noqa: E731
+    for r in rows:
+        lines.append(" | ".join(f(v) for v in (r["process"], r["pid"], r["rss_warm_mb"], r["rss_end_mb"],
+                                                 r["growth_pct"], r["slope_mb_min"], r["anon_slope_mb_min"],
+                                                 r["max_fds"])))
+    post = [b for t, b in shm if t >= warmup_s] or [b for _, b in shm]
+    if post:
+        lines.append(f"/dev/shm (this instance): {post[0] / 2**20:.1f} MB after warm-up -> {post[-1] / 2**20:.1f} MB "
+                     f"at end (max {max(post) / 2**20:.1f} MB)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def build_env(args) -> dict:
+    env = dict(os.environ)
+    env["RINGTRADER__INSTANCE"] = args.instance
+    if args.metrics_port:
+        env["RINGTRADER__METRICS__PORT"] = str(args.metrics_port)
+        env["RINGTRADER__METRICS__ENABLED"] = "true"
+    else:
+        env["RINGTRADER__METRICS__ENABLED"] = "false"
+    if args.synthetic:
+        env["RINGTRADER__MARKET_DATA__SOURCE"] = "synthetic"
+        try:  # the section that places processes ("placement", formerly "processes") decides where "enabled" lives
+            cfg = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        for section in ("placement", "processes"):
+            if isinstance(cfg.get(section), dict) and "simulator" in cfg[section]:
+                env[f"RINGTRADER__{section.upper()}__SIMULATOR__ENABLED"] = "false"
+                break
+    if args.rate is not None:
+        env["RINGTRADER__MARKET_DATA__SYNTHETIC__RATE_PER_S"] = str(int(args.rate))
+        if not args.synthetic:
+            env["RINGTRADER__SIMULATOR__RATE"] = str(args.rate)
+    if args.sim_port:
+        base = f"127.0.0.1:{args.sim_port}"
+        env["RINGTRADER__SIMULATOR__PORT"] = str(args.sim_port)
+        env["RINGTRADER__MARKET_DATA__WS_URL"] = f"ws://{base}"
+        env["RINGTRADER__MARKET_DATA__REST_URL"] = f"http://{base}"
+        env["RINGTRADER__EXECUTION__REST_URL"] = f"http://{base}"
+        env["RINGTRADER__EXECUTION__USER_STREAM_URL"] = f"ws://{base}"
+    for kv in args.env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "config" / "system.json"))
+    ap.add_argument("--minutes", type=float, default=30.0, help="run length (default 30)")
+    ap.add_argument("--sample-s", type=float, default=10.0, help="sampling period (default 10 s)")
+    ap.add_argument("--warmup-s", type=float, default=60.0,
+                    help="growth and slope are measured from the first sample at or after this (default 60 s)")
+    ap.add_argument("--rate", type=int, default=None, help="events/s of the synthetic source and the simulator")
+    ap.add_argument("--synthetic", action="store_true", help="feed from the synthetic source, no simulator")
+    ap.add_argument("--sim-port", type=int, default=None, help="move the simulator (and the URLs using it) here")
+    ap.add_argument("--instance", default=f"soak-{os.getpid()}")
+    ap.add_argument("--metrics-port", type=int, default=None, help="enable metrics on this port (default: off)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the run")
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                    help="write the rows and every sample as JSON to PATH (stdout without PATH)")
+    ap.add_argument("--log-file", default=None, help="keep the supervisor's log stream here")
+    ap.add_argument("--max-slope", type=float, default=None,
+                    help="exit 3 if any process's RSS slope after warm-up exceeds this many MB/min")
+    ap.add_argument("--quiet", action="store_true", help="no per-sample progress lines on stderr")
+    args = ap.parse_args(argv)
+
+    duration = args.minutes * 60
+    env = build_env(args)
+    cmd = [sys.executable, "-m", "processes.supervisor", "--config", str(args.config), "--duration", str(duration),
+           "--quiet-summary"]
+    if args.log_file:
+        cmd += ["--log-file", args.log_file]
+    sup = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    tracker = Tracker()
+
+    def reader():
+        for line in sup.stdout:
+            tracker.feed_line(line)
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if sup.poll() is None:
+            sup.send_signal(signal.SIGINT)  # the supervisor shuts down in order; we report what we have
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    t0 = time.monotonic()
+    samples: list[dict] = []
+    shm_series: list[tuple[float, int]] = []
+    next_t = t0
+    while sup.poll() is None:
+        now = time.monotonic()
+        if now < next_t:
+            if stop.wait(min(0.2, next_t - now)) and sup.poll() is not None:
+                break
+            continue
+        next_t += args.sample_s
+        t = round(now - t0, 2)
+        procs = {}
+        pids = {sup.pid} | descendants(sup.pid)
+        for pid in sorted(pids):
+            st = proc_status(pid)
+            if st is None or "VmRSS" not in st:
+                continue
+            name = tracker.name(pid, sup.pid)
+            key = name if name in ("supervisor",) else f"{name}#{pid}"
+            procs[key] = {"name": name, "pid": pid, "rss_kb": st["VmRSS"], "rss_anon_kb": st.get("RssAnon"),
+                          "rss_file_kb": st.get("RssFile"), "rss_shmem_kb": st.get("RssShmem"),
+                          "hwm_kb": st.get("VmHWM"), "threads": st.get("Threads"), "fds": fd_count(pid)}
+        nseg, size, alloc = shm_bytes(args.instance)
+        samples.append({"t": t, "procs": procs, "shm_segments": nseg, "shm_bytes": size, "shm_alloc_bytes": alloc})
+        shm_series.append((t, size))
+        if not args.quiet:
+            brief = " ".join(f"{k.split('#')[0]}={p['rss_kb'] / 1024:.1f}" for k, p in procs.items())
+            print(f"[soak t={t:7.1f}s] RSS MB: {brief} shm={size / 2**20:.1f}MB", file=sys.stderr, flush=True)
+    rc = sup.wait()
+    # warm-up counts from "all workers ready" when the log says so (a slow start is not growth)
+    ready_s = round(tracker.ready_t - t0, 2) if tracker.ready_t is not None else 0.0
+    warm_from = ready_s + args.warmup_s
+    rows = analyse(samples, warm_from)
+    print(f"soak: {args.config} instance={args.instance} {args.minutes} min, sample {args.sample_s} s, "
+          f"warm-up {args.warmup_s} s after ready at {ready_s} s, supervisor exit {rc}, {tracker.events} log events, "
+          f"{len(tracker.warnings)} warnings")
+    print(table(rows, shm_series, warm_from))
+    if rc != 0:
+        print("supervisor log tail:\n  " + "\n  ".join(tracker.tail[-15:]), file=sys.stderr)
+    for w in tracker.warnings[:10]:
+        print(f"warning: {w}", file=sys.stderr)
+    worst = max((r["slope_mb_min"] for r in rows if r["slope_mb_min"] is not None and r["samples_after_warmup"] >= 3),
+                default=None)
+    if args.json:
+        doc = {"config": str(args.config), "instance": args.instance, "minutes": args.minutes,
+               "sample_s": args.sample_s, "warmup_s": args.warmup_s, "ready_s": ready_s, "rate": args.rate, "synthetic": args.synthetic,
+               "supervisor_exit": rc, "rows": rows, "samples": samples, "warnings": tracker.warnings}
+        text = json.dumps(doc, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.max_slope is not None and worst is not None and worst > args.max_slope:
+        print(f"soak: RSS slope {worst} MB/min exceeds --max-slope {args.max_slope}", file=sys.stderr)
+        return EXIT_SLOPE
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
