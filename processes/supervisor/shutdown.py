@@ -67,13 +67,14 @@ class ShutdownMixin:
             return
         p.state = "stopping"
         p.cmd_q.put({"type": "shutdown"})
-        deadline = time.monotonic() + sv.stop_timeout_s + (sv.drain_timeout_s if len(p.stages) > 1 else 0)
+        # a process hosting several stages first drains the rings between them (bounded by drain_timeout_s)
+        limit = sv.stop_timeout_s + (sv.drain_timeout_s if len(p.stages) > 1 else 0)
+        deadline = time.monotonic() + limit
         while p.proc.exitcode is None and time.monotonic() < deadline:
             self.pump(p)
             time.sleep(TICK_S / 5)
         if p.proc.exitcode is None:
-            log.error("%s did not stop within %.1f s; killing it", p.name, sv.stop_timeout_s,
-                      extra={"worker": p.name})
+            log.error("%s did not stop within %.1f s; killing it", p.name, limit, extra={"worker": p.name})
             p.proc.kill()
             p.proc.join(timeout=2)
         self._retire(p)
