@@ -282,6 +282,9 @@ def attach_stage_rings(ctx: ProcessContext) -> dict:
         r = Ring.attach(segment_name(ctx.instance, ring), dtype, "producer")
         r.expect_capacity(ctx.config.rings[ring].capacity)
         sctxs[stage].outputs[ring] = r
+    for sc in sctxs.values():
+        for r in list(sc.inputs.values()) + list(sc.outputs.values()):
+            r.prefault()  # no page fault (and no RSS creep) on the first lap of a ring
     external = [sctxs[st].inputs[ring] for ring, st in pr.inputs if ring in pr.external]
     ctx.idle = ctx.process.idle.make(external)
     return sctxs

@@ -34,6 +34,9 @@ P_ADD = 0.47
 P_CANCEL = 0.41  # trades are the rest (12 %)
 
 
+_FORMAT_CACHE_MAX = 16_384  # per formatter: quantities rarely repeat, and a 200k cap held ~40 MB each for hours
+
+
 class Formatter:
     """Integer ticks/lots -> the decimal strings Binance sends (``"61837.63000000"``)."""
 
@@ -53,7 +56,7 @@ class Formatter:
                 s = f"{whole}.{frac:0{self.decimals}d}"
             else:
                 s = str(v)
-            if len(self._cache) > 200_000:  # the walk may wander: keep memory bounded
+            if len(self._cache) >= _FORMAT_CACHE_MAX:  # quantities rarely repeat and the walk wanders: keep it small
                 self._cache.clear()
             self._cache[units] = s
         return s

@@ -114,3 +114,22 @@ def test_zero_copy_claim_is_invisible_until_commit(instance):
         assert p.records["seq"].tolist() == [0, 1, 2]
         c.release()
         c.close()
+
+
+def test_prefault_maps_every_page_of_an_attached_ring_without_changing_it(instance):
+    from ringbuffers.ring import segment_name
+
+    ring = Ring.create(segment_name(instance, "pf"), BENCH, 1 << 14, 1)
+    try:
+        ring.publish_batch(np.ones(10, BENCH))
+        reader = Ring.attach(ring.name, BENCH, 0)
+        before = reader.ctrl.copy(), reader.slots.copy()
+        pages = reader.prefault()
+        assert pages * 4096 >= 1 << 20  # 16384 records of 64 bytes, plus the header
+        assert np.array_equal(reader.ctrl, before[0]) and np.array_equal(reader.slots, before[1])
+        assert reader.poll(20).records.shape == (10,)
+        reader.release()
+        reader.close()
+    finally:
+        ring.close()
+        ring.unlink()
