@@ -67,6 +67,7 @@ KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LEN}}}$")
 MAX_AGE_S = 7 * 24 * 3600  # keyed dirs unused for longer are removed ...
 KEEP_RECENT = 3  # ... except the most recent ones besides the current dir
 COMPILE_ESTIMATE_FILE = ".last_compile_s"  # in the base dir: seconds the last cold --warm took
+COMPLETE_MARKER = ".complete"  # in a keyed dir: one process compiled every pipeline kernel into it (--warm)
 COMPILE_ESTIMATE_DEFAULT_S = 60
 
 # Import statements, located by text (ast.parse of whole files costs ~40 ms for
@@ -296,6 +297,43 @@ def is_warm(path: Path | str | None = None) -> bool:
     return False
 
 
+def is_complete(path: Path | str | None = None) -> bool:
+    """Whether ``--warm`` has compiled every pipeline kernel into the keyed dir (its marker is there)."""
+    path = Path(path) if path is not None else Path(os.environ.get("NUMBA_CACHE_DIR") or cache_dir())
+    return (path / COMPLETE_MARKER).exists()
+
+
+def ensure_compiled(config_path: str, timeout_s: float = 600.0, log=None) -> tuple[bool, float]:
+    """Compile every kernel in ONE process before several processes start, unless already done.
+
+    Why one process: numba's disk cache is not safe against several
+    processes compiling overloads of the same function at once. A function's
+    compiled symbols carry a per-process counter (the ABI tag), so two
+    processes that each compile a different signature can write index and
+    object files that do not match, and a later load links the wrong
+    machine code (numba issue 10128; seen here as records read with another
+    record type's field offsets after a cold start of the pipeline). Running
+    ``--warm`` alone first means the pipeline's processes only ever *load*.
+
+    Returns ``(compiled now, seconds)``; raises ``RuntimeError`` if the warm
+    step fails or times out.
+    """
+    import subprocess
+
+    path = configure()
+    if is_complete(path):
+        return False, 0.0
+    t0 = time.monotonic()
+    if log is not None:
+        log(cold_start_message())
+    p = subprocess.run([sys.executable, "-m", "core.numba_cache", "--warm", str(config_path)],
+                       capture_output=True, text=True, timeout=timeout_s)
+    if p.returncode != 0:
+        raise RuntimeError(f"compiling the numba kernels failed (exit {p.returncode}): "
+                           f"{(p.stderr or p.stdout).strip()[-2000:]}")
+    return True, time.monotonic() - t0
+
+
 def compile_estimate_s(root: Path | str | None = None, base: Path | str | None = None) -> int:
     """Seconds a cold compile of every kernel took last time here (``--warm``), else a guess."""
     try:
@@ -342,6 +380,8 @@ def _warm(config_path: str) -> int:
         tmp = cache_base() / f"{COMPILE_ESTIMATE_FILE}.{os.getpid()}"
         tmp.write_text(f"{took:.1f}\n")
         os.replace(tmp, cache_base() / COMPILE_ESTIMATE_FILE)
+    if not problems:
+        (path / COMPLETE_MARKER).write_text(f"{took:.1f}\n")
     print(f"numba kernels {'compiled' if cold else 'loaded'} in {took:.1f} s "
           f"({len(servable)} processes) into {path}", flush=True)
     return 1 if problems else 0

@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from core.numba_cache import configure  # noqa: E402
+from core.numba_cache import configure, ensure_compiled  # noqa: E402
 
 configure()
 from _machine import machine  # noqa: E402  (scripts/ is sys.path[0])
@@ -175,6 +175,11 @@ def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tup
         if code != 0 or not summary_path.exists():
             raise SystemExit(f"supervisor exited with {code}; warnings: {warnings[-10:]}")
         s = json.loads(summary_path.read_text())
+        if os.environ.get("RINGTRADER_PROFILE_KEEP"):  # keep every run's full summary and log for a closer look
+            keep = Path(os.environ["RINGTRADER_PROFILE_KEEP"])
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / f"{cfg['instance']}.summary.json").write_text(summary_path.read_text())
+            (keep / f"{cfg['instance']}.log.jsonl").write_text("\n".join(json.dumps(e) for e in events))
     s["_wall_s"] = round(time.monotonic() - t0, 2)
     s["_warnings"] = warnings
     s["_cpu"] = cpu
@@ -239,6 +244,7 @@ def _lat(s: dict) -> dict:
 
 
 def profile(args) -> dict:
+    ensure_compiled(args.config)  # one process compiles; the measured processes only load (see core.numba_cache)
     base = json.loads(Path(args.config).read_text())
     # environment overrides apply to what the supervisor loads; resolve the engine idle the same way
     resolved = load_config(args.config, host_cpus=None)

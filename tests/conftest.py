@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from core.numba_cache import configure
+from core.numba_cache import configure, ensure_compiled
 
 # Before anything imports numba: the keyed cache dir (absolute, in os.environ,
 # so processes that tests start in other working directories share it).
 configure()
+# Every pipeline kernel compiled by one process before any test starts several (a no-op when the venv set-up
+# or an earlier run already did it): concurrent compiles of one function can corrupt numba's cache.
+ensure_compiled(str(Path(__file__).resolve().parents[1] / "config" / "system.json"))
 
 from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR  # noqa: E402
 

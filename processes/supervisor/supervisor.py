@@ -6,6 +6,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import time
 
 from core.config import RINGS, SIMULATOR, SystemConfig
@@ -193,8 +194,20 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         from core import numba_cache
 
         timeout = self.cfg.supervisor.ready_timeout_s
-        self.cold_cache = not numba_cache.is_warm()
-        if self.cold_cache:
+        # Kernels are compiled by one process before any other starts: numba's cache is not safe against
+        # several processes compiling overloads of one function at once (see core.numba_cache.ensure_compiled).
+        if self.cfg.source_path and not numba_cache.is_complete():
+            try:
+                self.cold_cache, took = numba_cache.ensure_compiled(
+                    self.cfg.source_path, timeout,
+                    log=lambda msg: log.info(msg, extra={"cache": os.environ.get("NUMBA_CACHE_DIR")}))
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+                log.error("%s", exc)
+                return False
+            log.info("numba kernels compiled in %.1f s", took, extra={"compile_s": round(took, 1)})
+            self._record_compile_s(took)
+        elif not numba_cache.is_warm():  # a config built in memory (tests): the processes compile what they need
+            self.cold_cache = True
             log.info(numba_cache.cold_start_message(), extra={"cache": os.environ.get("NUMBA_CACHE_DIR")})
         if SIMULATOR in self.procs:
             self.spawn(self.procs[SIMULATOR])
@@ -204,6 +217,16 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         for n in order:
             self.spawn(self.procs[n])
         return self.wait_ready(order, timeout)
+
+    @staticmethod
+    def _record_compile_s(seconds: float) -> None:
+        """The next cold start's estimate ("~N s")."""
+        from core import numba_cache
+
+        try:
+            (numba_cache.cache_base() / numba_cache.COMPILE_ESTIMATE_FILE).write_text(f"{seconds:.0f}\n")
+        except OSError:
+            pass
 
     def run(self, duration_s: float | None = None) -> int:
         from core import numba_cache
@@ -233,12 +256,6 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 self.cold_start_ms = round((now - self.t_start) * 1000, 1)
                 log.info("all processes ready", extra={"cold_start_ms": self.cold_start_ms,
                                                         "cold_cache": self.cold_cache})
-                if self.cold_cache:  # the next cold start's estimate ("~N s")
-                    try:
-                        (numba_cache.cache_base() / numba_cache.COMPILE_ESTIMATE_FILE).write_text(
-                            f"{self.cold_start_ms / 1000:.0f}\n")
-                    except OSError:
-                        pass
                 t_ready = time.monotonic()
                 while not self.stop_signals:
                     if duration_s is not None and time.monotonic() - t_ready >= duration_s:
