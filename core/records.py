@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import ringbuffers.numba_records  # noqa: F401  (record types mangle deterministically: see that module)
+
 CACHE_LINE = 64
 FIXED_SCALE = 10**8
 FIXED_DECIMALS = 8

@@ -31,6 +31,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+import ringbuffers.numba_records  # noqa: F401  (record types mangle deterministically: see that module)
+
 SUPPORTED_MACHINES = ("x86_64", "AMD64", "amd64")
 
 

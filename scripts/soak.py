@@ -7,7 +7,7 @@ VmRSS and RssAnon (``/proc/<pid>/status``), open fds (``/proc/<pid>/fd``) and
 the total size of this instance's shared-memory segments
 (``/dev/shm/ringtrader.<instance>.*``). At the end it prints one row per
 process: RSS after warm-up (first sample ``--warmup-s`` after the log's
-"all workers ready", or after launch if it never says so), RSS at
+"all processes ready", or after launch if it never says so), RSS at
 the end, growth %, slope in MB/min (least squares over the post-warm-up
 samples) and the largest fd count; ``--json`` adds every sample.
 
@@ -22,7 +22,7 @@ their command line. A restarted worker is a new row (``name#pid``).
   scripts/soak.py                                  # 30 min, config/system.json (simulator)
   scripts/soak.py --minutes 10 --synthetic --rate 20000 --json soak.json
   scripts/soak.py --minutes 10 --rate 20000 --sim-port 9110   # simulator at 20k events/s on its own port
-  RINGTRADER__PROCESSES__BOOK__IDLE__MAX_SLEEP_US=200 scripts/soak.py --minutes 5   # overrides pass through
+  RINGTRADER__PLACEMENT__ENGINE__IDLE__MAX_SLEEP_US=200 scripts/soak.py --minutes 5   # overrides pass through
 
 ``--rate`` sets both ``market_data.synthetic.rate_per_s`` and
 ``simulator.rate`` (whichever source the config uses); ``--synthetic`` switches
