@@ -20,7 +20,7 @@ import numpy as np
 from core.latency import nb_record
 from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST
 from core.topology import ring_hop
-from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage import KernelStage, RingWriter, ring_in, ring_out
 from processes.stage_kernels import (
     nb_out_publish,
     nb_out_reserve,
@@ -113,28 +113,21 @@ def execution_step(state, inputs, reports, max_n):
     return work + n
 
 
-class ExecutionStage(Stage):
+class ExecutionStage(KernelStage):
+    COUNTERS = {"reports": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD, "inputs_lost": K_LOST,
+                "reports_full": K_OUT_FULL}
+
     def __init__(self, config, ctx):
         self.ctx = ctx
         self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
         self.reports = ring_out(ctx.outputs["reports"])
-        self.writer = RingWriter(ctx.outputs["reports"], ctx, scratch=1)
+        self.writer = RingWriter(ctx.outputs["reports"], ctx, scratch=1)  # waits on a full ring (risk is behind)
         self.batch = ctx.process.batch
-        hops = tuple(ctx.latency.hop(h).h for h in (ring_hop("orders", "execution"), ring_hop("book", "execution"),
-                                                      "end_to_end"))
-        self.state = new_state(self.batch, hops)
+        hops = (ring_hop("orders", "execution"), ring_hop("book", "execution"), "end_to_end")
+        self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
 
-    def do_work(self) -> int:
-        n = execution_step(self.state, self.inputs, self.reports, self.batch)
-        if n == FULL:
-            self.writer.wait()  # block ring full: wait for risk, never drop (the orders stay unread)
-            return 0
-        return n
-
-    def counters(self) -> dict:
-        c = self.state.counters
-        return {"reports": int(c[K_REPORTS]), "book_seen": int(c[K_BOOK]), "trace_violations": int(c[K_TRACE_BAD]),
-                "inputs_lost": int(c[K_LOST]), "reports_full": int(c[K_OUT_FULL])}
+    def step(self) -> int:
+        return execution_step(self.state, self.inputs, self.reports, self.batch)
 
 
 def make_stage(config, ctx) -> ExecutionStage:

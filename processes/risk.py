@@ -20,7 +20,7 @@ import numpy as np
 from core.latency import nb_record
 from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, SIGNAL
 from core.topology import ring_hop
-from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage import KernelStage, RingWriter, ring_in, ring_out
 from processes.stage_kernels import (
     nb_out_publish,
     nb_out_reserve,
@@ -124,28 +124,20 @@ def risk_step(state, inputs, orders, max_n):
     return work + n
 
 
-class RiskStage(Stage):
+class RiskStage(KernelStage):
+    COUNTERS = {"orders": K_ORDERS, "reports_seen": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD,
+                "inputs_lost": K_LOST, "orders_full": K_OUT_FULL}
+
     def __init__(self, config, ctx):
         self.ctx = ctx
         self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
         self.orders = ring_out(ctx.outputs["orders"])
-        self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)
+        self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)  # waits on a full ring (execution is behind)
         self.batch = ctx.process.batch
-        hops = tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY)
-        self.state = new_state(self.batch, hops)
+        self.state = new_state(self.batch, tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY))
 
-    def do_work(self) -> int:
-        n = risk_step(self.state, self.inputs, self.orders, self.batch)
-        if n == FULL:
-            self.writer.wait()  # block ring full: wait for execution, never drop (the signals stay unread)
-            return 0
-        return n
-
-    def counters(self) -> dict:
-        c = self.state.counters
-        return {"orders": int(c[K_ORDERS]), "reports_seen": int(c[K_REPORTS]), "book_seen": int(c[K_BOOK]),
-                "trace_violations": int(c[K_TRACE_BAD]), "inputs_lost": int(c[K_LOST]),
-                "orders_full": int(c[K_OUT_FULL])}
+    def step(self) -> int:
+        return risk_step(self.state, self.inputs, self.orders, self.batch)
 
 
 def make_stage(config, ctx) -> RiskStage:

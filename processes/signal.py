@@ -18,7 +18,7 @@ import numpy as np
 from core.latency import nb_record
 from core.records import BOOK_EVENT, SIDE_FLAT, SIGNAL
 from core.topology import ring_hop
-from processes.stage import RingWriter, Stage, ring_in, ring_out
+from processes.stage import KernelStage, RingWriter, ring_in, ring_out
 from processes.stage_kernels import nb_out_publish, nb_out_reserve, nb_trace_bad, scratch_publish, scratch_ring
 from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
@@ -92,25 +92,19 @@ def signal_step(state, book, signals):
     return n
 
 
-class SignalStage(Stage):
+class SignalStage(KernelStage):
+    COUNTERS = {"signals": K_SIGNALS, "trace_violations": K_TRACE_BAD, "book_lost": K_LOST,
+                "signals_full": K_OUT_FULL}
+
     def __init__(self, config, ctx):
         self.ctx = ctx
         self.book = ring_in(ctx.inputs["book"])
-        self.writer = RingWriter(ctx.outputs["signals"], ctx, scratch=1)
+        self.writer = RingWriter(ctx.outputs["signals"], ctx, scratch=1)  # waits on a full ring (risk is behind)
         self.signals = ring_out(ctx.outputs["signals"])
         self.state = new_state(ctx.process.batch, ctx.latency.hop(ring_hop("book", "signal")).h)
 
-    def do_work(self) -> int:
-        n = signal_step(self.state, self.book, self.signals)
-        if n == FULL:
-            self.writer.wait()  # block ring full: wait for risk, never drop (the book records stay unread)
-            return 0
-        return n
-
-    def counters(self) -> dict:
-        c = self.state.counters
-        return {"signals": int(c[K_SIGNALS]), "trace_violations": int(c[K_TRACE_BAD]), "book_lost": int(c[K_LOST]),
-                "signals_full": int(c[K_OUT_FULL])}
+    def step(self) -> int:
+        return signal_step(self.state, self.book, self.signals)
 
 
 def make_stage(config, ctx) -> SignalStage:

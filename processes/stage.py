@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from ringbuffers.ring import POLICY_BLOCK, Poll, Ring
+from ringbuffers.ring import FULL, POLICY_BLOCK, Poll, Ring
 
 
 class Stage:
@@ -65,6 +65,35 @@ class Stage:
 
     def on_close(self) -> None:
         pass
+
+
+class KernelStage(Stage):
+    """A stage whose whole duty cycle is one kernel call (the relay stages' shape).
+
+    ``step()`` runs the kernel and returns the work done, or ``FULL`` when its
+    output ring (``self.writer``, a ``block`` ring) had no room: the stage then
+    waits one idle step (heartbeating, honouring a stop) and its inputs stay
+    unread, so nothing is dropped. ``COUNTERS`` maps counter names to indices
+    of ``self.state.counters``.
+    """
+
+    COUNTERS: dict = {}
+    writer: "RingWriter"
+    state: tuple
+
+    def step(self) -> int:
+        raise NotImplementedError
+
+    def do_work(self) -> int:
+        n = self.step()
+        if n == FULL:
+            self.writer.wait()
+            return 0
+        return n
+
+    def counters(self) -> dict:
+        c = self.state.counters
+        return {name: int(c[i]) for name, i in self.COUNTERS.items()}
 
 
 class StageContext:

@@ -44,28 +44,6 @@ def nb_trace_bad(src, n, now_ns):
     return bad
 
 
-@nb.njit(cache=True, nogil=True)
-def nb_sink(src, n, now_ns, hist):
-    """Consume ``src[:n]`` that cause no output here: record ``now - pub_ns``; returns trace violations."""
-    for i in range(n):
-        nb_record(hist, now_ns - src[i].pub_ns)
-    return nb_trace_bad(src, n, now_ns)
-
-
-@nb.njit(cache=True, nogil=True)
-def nb_hop(hist, dst, src, k):
-    """Record ``dst[i].pub_ns - src[i].pub_ns`` for the first ``k`` (output, cause) pairs."""
-    for i in range(k):
-        nb_record(hist, dst[i].pub_ns - src[i].pub_ns)
-
-
-@nb.njit(cache=True, nogil=True)
-def nb_since_recv(hist, dst, k):
-    """Record ``pub_ns - recv_ns`` of ``dst[:k]`` (end to end: tick received -> this record published)."""
-    for i in range(k):
-        nb_record(hist, dst[i].pub_ns - dst[i].recv_ns)
-
-
 # ---------------------------------------------------------------------------
 # Ring ends inside a stage kernel: one numba call per stage per duty cycle
 # ---------------------------------------------------------------------------
