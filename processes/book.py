@@ -212,16 +212,18 @@ class BookStage(Stage):
         self.engine = engine
         self.md = ctx.inputs["md"]
         self.n_sym = self.engine.config.n_symbols
-        self.out = RingWriter(ctx.outputs["book"], ctx, scratch=max(SCRATCH_EVENTS, 2 * self.n_sym))
-        self.block = self.out.block
         self.batch = ctx.process.batch
+        # one event scratch for both paths: book_step's output and the writer's wrap-point copy (never both at once)
+        scratch = max(SCRATCH_EVENTS, OUT_RESERVE * self.batch + 8 * self.n_sym)
+        self.out = RingWriter(ctx.outputs["book"], ctx, scratch=scratch)
+        self.block = self.out.block
         self.hist = ctx.latency.hop(ring_hop("md", "book")).h
         # a block md ring (the default) is read in one kernel call per cycle (book_step); under overwrite the
         # Python path below validates each poll and detects a lap
         self.fused = self.md.policy == POLICY_BLOCK
         self.md_end, self.book_end = ring_in(self.md), ring_out(ctx.outputs["book"])
         self.md_buf = np.zeros(self.batch, self.md.dtype)
-        self.ev_buf = np.zeros(max(SCRATCH_EVENTS, OUT_RESERVE * self.batch + 2 * self.n_sym * 4), BOOK_EVENT)
+        self.ev_buf = self.out.scratch
         self.tally = np.zeros(T_N, np.int64)
         self.n_iv = len(self.engine.intervals)
         self.exch_anchor_ms = 0  # newest exch_ms seen in md...

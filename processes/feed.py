@@ -109,11 +109,10 @@ class RingPublisher:
                 n = decoder.publish_pending(self.ring)
                 if n != FULL:
                     break
-                self.writer.full_waits += 1
-                if self.writer._wait_or_stop():
+                if not self.writer.wait():
                     return 0  # stopping; the decoder keeps the records pending, nobody reads them
         if n > 0:
-            self.writer._notify()  # the decode kernel published from numba: wake a sleeping consumer
+            self.ring.notify()  # the decode kernel published from numba: wake a futex-waiting consumer
             # pub_ns was stamped in the kernel; read it back from our own last slot
             self.hop.record(int(self._slots64[(self.ring.published - 1) & self._mask, 1]) - recv_ns)
         return n

@@ -370,25 +370,34 @@ def _drain_internal(ctx: ProcessContext, stages) -> None:
             return
 
 
-def build_stages(ctx: ProcessContext) -> list:
-    """Import, warm and build the process's stages (steps 4-5 of the module docstring)."""
+def build_stages(ctx: ProcessContext) -> tuple[list, list]:
+    """Import, warm and build the process's stages (steps 4-5 of the module docstring).
+
+    Returns ``(stages, rings)``: every ring end attached, for closing at exit
+    even when a stage failed to build.
+    """
     sctxs = attach_stage_rings(ctx)
-    dtypes = {r.dtype for sc in sctxs.values() for r in list(sc.inputs.values()) + list(sc.outputs.values())}
-    warm_kernels(dtypes)
+    rings = [r for sc in sctxs.values() for r in list(sc.inputs.values()) + list(sc.outputs.values())]
+    warm_kernels({r.dtype for r in rings})
     stages = []
-    for st in ctx.process.stages:
-        mod_name = ctx.process.stage_module(st)
-        module = importlib.import_module(mod_name)
-        make = getattr(module, "make_stage", None)
-        if make is None:
-            raise AttributeError(f"stage module {mod_name} has no make_stage(config, ctx)")
-        warm = getattr(module, "warm", None)
-        if callable(warm):
-            warm(ctx.config)
-        stage = make(ctx.config, sctxs[st])
-        stage.name = st
-        stages.append(stage)
-    return stages
+    try:
+        for st in ctx.process.stages:
+            mod_name = ctx.process.stage_module(st)
+            module = importlib.import_module(mod_name)
+            make = getattr(module, "make_stage", None)
+            if make is None:
+                raise AttributeError(f"stage module {mod_name} has no make_stage(config, ctx)")
+            warm = getattr(module, "warm", None)
+            if callable(warm):
+                warm(ctx.config)
+            stage = make(ctx.config, sctxs[st])
+            stage.name = st
+            stages.append(stage)
+    except BaseException:
+        for r in rings:
+            r.close()
+        raise
+    return stages, rings
 
 
 def worker_main(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQueue, incarnation: int = 0):
@@ -413,7 +422,7 @@ def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQ
     ctx.start_info.update(start_info or {})
     signal.signal(signal.SIGTERM, lambda *_: ctx.request_stop())
     code = EXIT_CRASH
-    sctxs_rings: list = []
+    rings: list = []
     try:
         pcfg = ctx.process
         try:
@@ -423,8 +432,7 @@ def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQ
         if pcfg.mlockall:
             ctx.start_info["mlock"] = _mlockall()
         if pcfg.stages:
-            stages = build_stages(ctx)
-            sctxs_rings = [r for s in stages for r in _stage_rings(s)]
+            stages, rings = build_stages(ctx)
             ctx.start_info["startup_ms"] = round((time.monotonic_ns() - t0) / 1e6, 1)
             run_stages(ctx, stages)
         else:
@@ -442,17 +450,10 @@ def _serve(name: str, config: SystemConfig, cmd_q: ControlQueue, evt_q: ControlQ
             ctx.final_stats()
         except Exception:  # the supervisor may be gone; exiting matters more
             pass
-        for r in sctxs_rings:
+        for r in rings:
             r.close()
         logging.shutdown()
     return code
-
-
-def _stage_rings(stage) -> list:
-    sc = getattr(stage, "ctx", None)
-    if sc is None:
-        return []
-    return list(sc.inputs.values()) + list(sc.outputs.values())
 
 
 # ---------------------------------------------------------------------------

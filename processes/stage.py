@@ -179,8 +179,7 @@ class RingWriter:
                     return dst, True
                 self.ring.commit(0)  # too short to make progress: the scratch path copies across the wrap
                 return self.scratch[:max(need, min(want, len(self.scratch)))], False
-            self.full_waits += 1  # block policy, ring full: wait for the slowest consumer, never drop
-            if self._wait_or_stop():
+            if not self.wait():  # block policy, ring full: wait for the slowest consumer, never drop
                 return None, False
 
     def wait(self) -> bool:
@@ -200,8 +199,7 @@ class RingWriter:
         if direct:
             if k:
                 dst["pub_ns"][:k] = time.monotonic_ns()
-            self.ring.commit(k)
-            self._notify()
+            self.ring.commit(k)  # the ring wakes a futex-waiting consumer itself
             return k
         done = 0
         ev = dst[:k]
@@ -210,10 +208,8 @@ class RingWriter:
             done += self.ring.publish_batch(ev[done:])
             if done == k:
                 break
-            self.full_waits += 1
-            if self._wait_or_stop():
+            if not self.wait():
                 break  # shutting down (consumers may be gone): the rest is never published
-        self._notify()
         return done
 
     def publish(self, recs: np.ndarray) -> int:
@@ -232,10 +228,6 @@ class RingWriter:
             done += k
         return done
 
-    def _notify(self) -> None:
-        notify = getattr(self.ring, "notify", None)  # futex waiters on the publish cursor (ringbuffers.idle)
-        if notify is not None:
-            notify()
 
 
 def ring_in(ring: Ring) -> tuple:

@@ -97,7 +97,7 @@ class Backoff(_IdleClock):
         super().__init__()
         if spins < 0 or yields < 0 or min_sleep_ns <= 0 or max_sleep_ns < min_sleep_ns:
             raise ValueError(
-                f"Backoff: need spins >= 0, yields >= 0, 0 < min_sleep_ns <= max_sleep_ns; got "
+                f"{type(self).__name__}: need spins >= 0, yields >= 0, 0 < min_sleep_ns <= max_sleep_ns; got "
                 f"spins={spins} yields={yields} min_sleep_ns={min_sleep_ns} max_sleep_ns={max_sleep_ns}"
             )
         self.spins = spins
@@ -105,16 +105,19 @@ class Backoff(_IdleClock):
         self.min_sleep_ns = min_sleep_ns
         self.max_sleep_ns = max_sleep_ns
         self._count = 0
-        self._sleep_ns = min_sleep_ns
+        self._sleep_ns = self._first_sleep_ns()
         self.sleeps = 0
         set_timer_slack(1)
         nb_pause()  # load/compile the kernel now, not at the first empty poll of a live loop
+
+    def _first_sleep_ns(self) -> int:
+        return self.min_sleep_ns
 
     def idle(self, work_count: int) -> None:
         if work_count > 0:
             self._leave()
             self._count = 0
-            self._sleep_ns = self.min_sleep_ns
+            self._sleep_ns = self._first_sleep_ns()
             return
         self._enter()
         self.idle_calls += 1
@@ -125,22 +128,26 @@ class Backoff(_IdleClock):
         elif c < self.spins + self.yields:
             os.sched_yield()
         else:
-            self.sleeps += 1
-            time.sleep(self._sleep_ns / 1e9)
-            self._sleep_ns = min(self._sleep_ns * 2, self.max_sleep_ns)
+            self._rest()
+
+    def _rest(self) -> None:
+        """The last stage, once spinning and yielding found nothing: sleep, doubling up to the cap."""
+        self.sleeps += 1
+        time.sleep(self._sleep_ns / 1e9)
+        self._sleep_ns = min(self._sleep_ns * 2, self.max_sleep_ns)
 
     def reset(self) -> None:
         self._leave()
         self._count = 0
-        self._sleep_ns = self.min_sleep_ns
+        self._sleep_ns = self._first_sleep_ns()
 
 
-class Futex(_IdleClock):
+class Futex(Backoff):
     """spin -> yield -> FUTEX_WAIT on the input ring's publish cursor (capped at ``max_sleep_ns``), reset by work.
 
     ``mode`` says what the last stage does: ``"futex"`` (one ring),
     ``"backoff"`` (several rings: sleeps doubling from ``min_sleep_ns`` to
-    ``max_sleep_ns``, as ``Backoff``) or ``"sleep"`` (no ring: sleeps
+    ``max_sleep_ns``, exactly as ``Backoff``) or ``"sleep"`` (no ring: sleeps
     ``max_sleep_ns``). Counters: ``waits`` (futex waits entered),
     ``timeouts`` (of those, the ones that returned with nothing to read),
     ``sleeps`` (plain sleeps in the other modes).
@@ -150,59 +157,28 @@ class Futex(_IdleClock):
 
     def __init__(self, rings=(), spins: int = 20, yields: int = 2, max_sleep_ns: int = 5_000_000,
                  min_sleep_ns: int = 20_000):
-        super().__init__()
         rings = list(rings)
-        if spins < 0 or yields < 0 or min_sleep_ns <= 0 or max_sleep_ns < min_sleep_ns:
-            raise ValueError(
-                f"Futex: need spins >= 0, yields >= 0, 0 < min_sleep_ns <= max_sleep_ns; got "
-                f"spins={spins} yields={yields} min_sleep_ns={min_sleep_ns} max_sleep_ns={max_sleep_ns}"
-            )
         for r in rings:
             if getattr(r, "consumer_index", -1) < 0:
                 raise ValueError(f"Futex: rings must be consumer handles (Ring.attach(name, dtype, i)), got {r!r}")
         self.rings = tuple(rings)
         self.ring = rings[0] if len(rings) == 1 else None
         self.mode = "futex" if len(rings) == 1 else ("backoff" if rings else "sleep")
-        self.spins = spins
-        self.yields = yields
-        self.min_sleep_ns = min_sleep_ns
-        self.max_sleep_ns = max_sleep_ns
-        self._count = 0
-        self._sleep_ns = min_sleep_ns if self.mode == "backoff" else max_sleep_ns
         self.waits = 0
         self.timeouts = 0
-        self.sleeps = 0
-        set_timer_slack(1)
-        nb_pause()  # load/compile the kernels now, not at the first empty poll of a live loop
+        super().__init__(spins, yields, min_sleep_ns, max_sleep_ns)
         warm_notify_kernels()
 
-    def idle(self, work_count: int) -> None:
-        if work_count > 0:
-            self._leave()
-            self._count = 0
-            self._sleep_ns = self.min_sleep_ns if self.mode == "backoff" else self.max_sleep_ns
-            return
-        self._enter()
-        self.idle_calls += 1
-        c = self._count
-        self._count = c + 1
-        if c < self.spins:
-            nb_pause()
-        elif c < self.spins + self.yields:
-            os.sched_yield()
-        elif self.ring is not None:
-            self.waits += 1
-            if self.ring.wait(self.max_sleep_ns) <= 0:
-                self.timeouts += 1
-        else:
-            self.sleeps += 1
-            time.sleep(self._sleep_ns / 1e9)
-            self._sleep_ns = min(self._sleep_ns * 2, self.max_sleep_ns)
+    def _first_sleep_ns(self) -> int:
+        return self.min_sleep_ns if self.mode == "backoff" else self.max_sleep_ns
 
-    def reset(self) -> None:
-        self._leave()
-        self._count = 0
-        self._sleep_ns = self.min_sleep_ns if self.mode == "backoff" else self.max_sleep_ns
+    def _rest(self) -> None:
+        if self.ring is None:
+            super()._rest()
+            return
+        self.waits += 1
+        if self.ring.wait(self.max_sleep_ns) <= 0:
+            self.timeouts += 1
 
 
 IDLE_KINDS = ("busy_spin", "backoff", "futex")

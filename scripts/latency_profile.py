@@ -224,15 +224,6 @@ def _sample_cpu(events: list, sup_pid: int, skip_s: float, window_s: float) -> d
 # ---------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------
-def engine_idle(cfg_dict: dict) -> tuple[str, dict]:
-    """The idle strategy of the process hosting the book stage (the engine on the small host)."""
-    pl = cfg_dict["placement"]
-    proc = next(v for k, v in pl.items() if isinstance(v, dict) and "book" in v.get("stages", ()))
-    idle = dict(proc.get("idle") or {})
-    strategy = idle.pop("strategy", "backoff")
-    return strategy, idle
-
-
 def wake(strategy: str, params: dict, n: int) -> dict:
     from bench_wake import measure_wake
 
@@ -257,11 +248,11 @@ def profile(args) -> dict:
     out = {"machine": machine(), "config": str(args.config), "source": args.source, "rate_per_s": args.rate,
            "seconds": args.seconds, "engine_idle": {"strategy": strategy, **params}}
     out["wake_us"] = {"strategy": strategy, **wake(strategy, params, args.wake_n)}
-    if args.wake_all:
-        out["wake_all"] = {st: wake(st, p, args.wake_n) for st, p in (("busy_spin", {}), (
-            "backoff", {k: v for k, v in params.items()} if strategy == "backoff" else
-            {"spins": 20, "yields": 2, "min_sleep_us": 20, "max_sleep_us": 500}), (
-            "futex", {"spins": 20, "yields": 2, "max_sleep_us": 5000}))}
+    if args.wake_all:  # every strategy with bench_wake's defaults, the engine's own with its parameters
+        from bench_wake import DEFAULT_PARAMS
+
+        out["wake_all"] = {st: wake(st, params if st == strategy else p, args.wake_n)
+                           for st, p in DEFAULT_PARAMS.items()}
     out["placements"] = {}
     for name in args.placements.split(","):
         d = placement_config(base, name)

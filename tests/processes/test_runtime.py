@@ -200,13 +200,6 @@ def test_priority_reader_always_empties_the_higher_priority_ring_first(instance)
         book.unlink()
 
 
-class Counter(Stage):
-    """A toy stage pair: ``Producer`` writes ints into a ring, ``Consumer`` sums what it reads."""
-
-    def __init__(self):
-        self.n = 0
-
-
 def test_duty_cycle_runs_stages_in_order_dispatches_commands_and_drains_inside_the_process(instance):
     cfg = load_config(ROOT / "config" / "system.json", env={}, host_cpus=None)
     cmd, evt = ControlQueue(1 << 14), ControlQueue(1 << 20)
