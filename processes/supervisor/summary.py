@@ -17,8 +17,13 @@ VIEW_PERIOD_S = 0.5  # how often the metrics view of the processes (and merged l
 
 
 def _idle_fraction(p) -> float | None:
-    """Share of its running time a stage process spent in its idle strategy (None for the simulator)."""
-    return round(min(1.0, p.idle_ns / p.flow_ns), 4) if p.flow_ns > 0 and p.stages else None
+    """Share of its running time a stage process spent in its idle strategy.
+
+    None for the simulator, and for a process that never used its idle
+    strategy: the feed on a socket sleeps in epoll, which the strategy does not
+    see, so 0% would read as "always busy".
+    """
+    return round(min(1.0, p.idle_ns / p.flow_ns), 4) if p.flow_ns > 0 and p.stages and p.idle_ns else None
 
 
 def merged_latency(procs) -> LatencySet:
