@@ -16,7 +16,10 @@ from core.numba_cache import configure, ensure_compiled
 configure()
 # Every pipeline kernel compiled by one process before any test starts several (a no-op when the venv set-up
 # or an earlier run already did it): concurrent compiles of one function can corrupt numba's cache.
-ensure_compiled(str(Path(__file__).resolve().parents[1] / "config" / "system.json"))
+# RINGTRADER_TEST_NO_WARM=1 skips it for a focused run of tests that start no pipeline process (unit tests of
+# one module's kernels, compiled by this pytest process alone).
+if os.environ.get("RINGTRADER_TEST_NO_WARM") != "1":
+    ensure_compiled(str(Path(__file__).resolve().parents[1] / "config" / "system.json"))
 
 from ringbuffers.ring import SEGMENT_PREFIX, SHM_DIR  # noqa: E402
 
