@@ -37,6 +37,8 @@ from core.book_worker_kernels import BookConfig, BookEngine
 from core.decode import Decoder
 from core.fixedpoint import to_fixed
 from core.records import (
+    BOOK_EVENT,
+    concat_records,
     BK_BAR,
     BK_TOP,
     BOOK_VALID,
@@ -196,7 +198,7 @@ def check_session(session: Session, md: np.ndarray | None = None, *, config: Boo
     diag_n = np.zeros(1, np.int64)
     ev = eng.process_all(md, diag=diag, diag_n=diag_n)
     last_ms = int(md["exch_ms"].max()) if len(md) else 0
-    ev = np.concatenate([ev, eng.on_timer(last_ms)])  # bars whose minute the recording saw end
+    ev = concat_records([ev, eng.on_timer(last_ms)], BOOK_EVENT)  # bars whose minute the recording saw end
     diag = diag[:diag_n[0]]
 
     result = {}

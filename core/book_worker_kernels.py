@@ -113,6 +113,7 @@ from core.records import (
     BK_TOP,
     BK_TRADE,
     BOOK_EVENT,
+    concat_records,
     BOOK_INVALID,
     BOOK_VALID,
     DEPTH_LEVELS,
@@ -694,7 +695,7 @@ class BookEngine:
             c, ev = self.process(md[i:], **kw)
             parts.append(ev.copy())
             i += c
-        return np.concatenate(parts) if parts else np.zeros(0, BOOK_EVENT)
+        return concat_records(parts, BOOK_EVENT)
 
     def on_timer(self, now_exch_ms: int, now_ns: int = 0) -> np.ndarray:
         """Close due bars; returns a copy of every event written."""
@@ -703,7 +704,7 @@ class BookEngine:
             done, k = on_timer(self.book_state, np.int64(now_exch_ms), np.int64(now_ns), self.out, 0)
             parts.append(self.out[:k].copy())
             if done:
-                return np.concatenate(parts)
+                return concat_records(parts, BOOK_EVENT)
 
     def mark_all_invalid(self, reason: int, recv_ns: int = 0) -> np.ndarray:
         """Invalidate every book (lapped ring, reconnect); returns the BK_TOP events."""

@@ -130,8 +130,15 @@ class BookSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class SignalConfig:
-    strategy: str = "passthrough"  # strategy name; the signal worker validates it
-    params: dict = field(default_factory=dict)  # strategy parameters, validated by the strategy
+    """The ``signal`` section. ``features`` and ``strategies`` are checked in depth (kernel parameters, model
+    files and their feature contract) by ``core.strategies.SignalSettings.build`` before anything starts."""
+
+    update_interval_ms: int = 1000  # least time between two top-of-book decisions of one strategy and symbol
+    max_staleness_ms: int = 2000  # no signal from a top older than this, or a record that waited longer
+    allow_pickle: bool = False  # pickle models execute code when loaded: only with this opt-in
+    model_budget_us: float = 200.0  # time budget of one pickle model evaluation (over: no signal, counted)
+    features: dict = field(default_factory=dict)  # core.features.FeatureConfig keys
+    strategies: tuple = ()  # strategy objects (core.strategies), in id order (id = position + 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -483,10 +490,19 @@ def _book(s: _Section) -> BookSettings:
 
 
 def _signal(s: _Section) -> SignalConfig:
-    params = s.raw("params", {})
-    if not isinstance(params, dict):
-        raise ConfigError(s.p("params"), f"must be an object, got {_tname(params)}")
-    cfg = SignalConfig(strategy=s.str("strategy", "passthrough"), params=copy.deepcopy(params))
+    features = s.raw("features", {})
+    if not isinstance(features, dict):
+        raise ConfigError(s.p("features"), f"must be an object, got {_tname(features)}")
+    strategies = s.raw("strategies", [])
+    if not isinstance(strategies, list) or not all(isinstance(x, dict) for x in strategies):
+        raise ConfigError(s.p("strategies"), "must be an array of strategy objects")
+    if len(strategies) > 16:
+        raise ConfigError(s.p("strategies"), f"at most 16 strategies, got {len(strategies)}")
+    cfg = SignalConfig(update_interval_ms=s.int("update_interval_ms", 1000, lo=0, hi=3_600_000),
+                       max_staleness_ms=s.int("max_staleness_ms", 2000, lo=1, hi=3_600_000),
+                       allow_pickle=s.bool("allow_pickle", False),
+                       model_budget_us=s.num("model_budget_us", 200.0, gt=0, hi=1e7),
+                       features=copy.deepcopy(features), strategies=tuple(copy.deepcopy(strategies)))
     s.finish()
     return cfg
 

@@ -174,7 +174,13 @@ BOOK_EVENT = _union_dtype(_BOOK_HEADER + _BOOK_PAYLOAD, 64 + 32 * DEPTH_LEVELS)
 # ---------------------------------------------------------------------------
 SIDE_BUY = 1
 SIDE_SELL = -1
-SIDE_FLAT = 0
+SIDE_FLAT = 0  # no direction: trace probes only
+SIDE_CLOSE = 2  # signal: close (flatten) what the strategy entered; never an order side
+
+# SIGNAL.trigger
+TRIGGER_BAR = 1  # a closed bar of signal.features.bar_interval_ms
+TRIGGER_TOP = 2  # a top-of-book change (throttled by signal.update_interval_ms)
+TRIGGER_EVENT = 3  # any book record (trace probes)
 
 SIGNAL = _cache_aligned(
     [
@@ -186,11 +192,14 @@ SIGNAL = _cache_aligned(
         ("ref_px", "<i8"),  # reference price (mid or last) when decided, fixed point
         ("target_qty", "<i8"),  # desired quantity (fixed point, >= 0)
         ("limit_px", "<i8"),  # suggested limit price, 0 = market
-        ("strength", "<f8"),  # analytics: model score / rule strength in [-1, 1]
+        ("strength", "<f8"),  # analytics: model score / rule strength in [-1, 1], signed like the side
         ("symbol", "<u2"),  # instrument id
-        ("side", "i1"),  # SIDE_BUY / SIDE_SELL / SIDE_FLAT
-        ("strategy", "u1"),  # strategy id from config
-        ("reason", "<u4"),  # strategy-specific reason code
+        ("side", "i1"),  # SIDE_BUY / SIDE_SELL / SIDE_CLOSE (SIDE_FLAT: trace probe)
+        ("strategy", "u1"),  # strategy id: position in signal.strategies + 1
+        ("reason", "<u4"),  # reason code (core.strategies.R_*)
+        ("confidence", "<f8"),  # analytics: in [0, 1] (core.strategies documents it per strategy)
+        ("model_id", "<u4"),  # crc32 of the model file (0: no model)
+        ("trigger", "u1"),  # TRIGGER_*
     ],
 )
 
@@ -302,7 +311,8 @@ _EXPECTED = {
     "BOOK_EVENT": (384, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "last_update_id": 32,
                          "symbol": 40, "kind": 42, "state": 43, "top_bid_px": 64, "top_ask_qty": 88,
                          "bar_vwap": 168, "d_ask_qty": 304}),
-    "SIGNAL": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "symbol": 72, "side": 74}),
+    "SIGNAL": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "symbol": 72, "side": 74, "reason": 76,
+                     "confidence": 80, "model_id": 88, "trigger": 92}),
     "ORDER_REQUEST": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "client_order_id": 32,
                             "symbol": 80, "side": 82}),
     "EXEC_REPORT": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "client_order_id": 32,
@@ -323,6 +333,23 @@ def _check_layouts() -> None:
 
 
 _check_layouts()
+
+
+def concat_records(parts, dtype: np.dtype) -> np.ndarray:
+    """``np.concatenate`` for record arrays that keeps ``dtype`` exactly.
+
+    numpy's concatenate canonicalises a struct dtype: it drops the trailing
+    cache-line padding (SIGNAL becomes 96 bytes) and un-overlaps a union
+    (BOOK_EVENT becomes 568 bytes), so the result no longer equals the ring's
+    dtype and a kernel compiled for the ring type would be recompiled for it.
+    """
+    parts = [p for p in parts if len(p)]
+    out = np.empty(sum(len(p) for p in parts), dtype)
+    i = 0
+    for p in parts:
+        out[i:i + len(p)] = p
+        i += len(p)
+    return out
 
 
 def dtype_name(dt: np.dtype) -> str:

@@ -25,6 +25,13 @@ def _validate_simulator(cfg) -> None:
     SimulatorConfig.from_dict(cfg.simulator, "simulator")
 
 
+def _validate_signal(cfg) -> None:
+    """Strategies, feature parameters and the model file (with its feature contract) before anything starts."""
+    from processes.signal import validate
+
+    validate(cfg)
+
+
 def main(argv=None) -> int:
     numba_cache.configure()  # before anything imports numba (the workers inherit it)
     from core.config import load_config
@@ -50,6 +57,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config)
         _validate_simulator(cfg)
+        _validate_signal(cfg)
     except ConfigError as exc:
         log.error("config error: %s", exc, extra={"config": args.config, "key": exc.path})
         sys.stderr.write(f"config error: {exc}\n")

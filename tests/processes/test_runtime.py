@@ -11,7 +11,8 @@ import numpy as np
 
 from core.config import load_config
 from core.latency import LatencySet
-from core.records import BOOK_EVENT, EXEC_REPORT, SIGNAL
+from core.records import BOOK_EVENT, EXEC_REPORT, SIDE_FLAT, SIGNAL
+from core.strategies import R_TRACE_PROBE
 from processes import signal as signal_stage
 from processes.runtime import ProcessContext, run_stages
 from processes.stage import PriorityReader, RingWriter, Stage, StageContext
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class FakeProc:
     """The process side a StageContext leans on; ``stop`` is flipped by the test."""
 
-    def __init__(self, batch: int = 256):
-        self.config = load_config(ROOT / "config" / "system.json", env={}, host_cpus=None)
+    def __init__(self, batch: int = 256, env: dict | None = None):
+        self.config = load_config(ROOT / "config" / "system.json", env=env or {}, host_cpus=None)
         self.incarnation = 1
         self.process = SimpleNamespace(batch=batch)
         self.latency = LatencySet()
@@ -126,16 +127,17 @@ def test_ring_writer_uses_its_scratch_at_the_wrap_point_and_gives_up_when_stoppi
         ring.unlink()
 
 
-def test_signal_stage_relays_with_the_trace_and_records_its_hop(instance):
+def test_signal_stage_trace_probe_relays_with_the_trace_and_records_its_hop(instance):
     book = Ring.create(segment_name(instance, "book"), BOOK_EVENT, 64, 1)
     sig = Ring.create(segment_name(instance, "signals"), SIGNAL, 64, 1)
-    proc = FakeProc(batch=16)
+    # the latency profiler's configuration: one trace probe per book record, no decision
+    proc = FakeProc(batch=16, env={"RINGTRADER__SIGNAL__STRATEGIES": '[{"name": "probe", "type": "trace_probe"}]'})
     ctx = StageContext("signal", proc)
     ctx.inputs["book"] = Ring.attach(book.name, BOOK_EVENT, 0)
     ctx.outputs["signals"] = Ring.attach(sig.name, SIGNAL, "producer")
     out_reader = Ring.attach(sig.name, SIGNAL, 0)
     try:
-        signal_stage.warm(None)
+        signal_stage.warm(proc.config)
         stage = signal_stage.make_stage(proc.config, ctx)
         recs = book_records(20)
         assert book.publish_batch(recs) == 20
@@ -146,9 +148,11 @@ def test_signal_stage_relays_with_the_trace_and_records_its_hop(instance):
         assert np.array_equal(got["in_pub_ns"], recs["pub_ns"])
         assert np.all(got["pub_ns"] >= got["in_pub_ns"])
         assert got["signal_id"].tolist() == list(range(1, 21))
-        assert np.all(got["reason"] == signal_stage.REASON_TRACE_PROBE)
+        assert np.all(got["reason"] == R_TRACE_PROBE) and np.all(got["side"] == SIDE_FLAT)
         assert proc.latency.hop("book->signal").count == 20
-        assert stage.counters() == {"signals": 20, "trace_violations": 0, "book_lost": 0, "signals_full": 0}
+        c = stage.counters()
+        assert (c["signals"], c["read"], c["signals.probe.trace_probe"]) == (20, 20, 20)
+        assert (c["trace_violations"], c["book_lost"], c["signals_full"]) == (0, 0, 0)
         bad = book_records(1, start=100)
         bad["in_pub_ns"] = 50  # before recv_ns: a broken trace is counted, the record still flows
         book.publish_batch(bad)
