@@ -279,10 +279,13 @@ def _vwap_dist(fs, sym):
         m = f[F_CLOSE]
     q = 0.0
     v = 0.0
-    n = min(fs.vwap_n[sym, 0], fs.vwap_q.shape[1])
-    for j in range(n):  # re-summed each time: exact and order-fixed, the window is small
+    cap = fs.vwap_q.shape[1]
+    n = min(fs.vwap_n[sym, 0], cap)
+    j = fs.vwap_n[sym, 1] if n == cap else 0  # the oldest bar
+    for _ in range(n):  # re-summed oldest to newest each time: order-fixed, the window is small
         q += fs.vwap_q[sym, j]
         v += fs.vwap_v[sym, j]
+        j = j + 1 if j + 1 < cap else 0
     if v > 0.0 and m == m:
         vw = q / v
         f[F_VWAP_DIST_BPS] = (m - vw) / vw * 1e4

@@ -239,7 +239,7 @@ def _parse_strategy(i: int, raw: dict, symbols: dict, sc, fc: FeatureConfig, roo
         if isinstance(q, bool) or not isinstance(q, (str, int, float)):
             raise ConfigError(f"{key}.qty", f"must be a decimal string, got {q!r}")
         try:
-            qty = to_fixed(repr(q) if isinstance(q, float) else str(q))
+            qty = to_fixed(repr(q) if isinstance(q, float) else str(q), allow_negative=True)
         except ValueError as exc:
             raise ConfigError(f"{key}.qty", f"is not an exact decimal: {q!r}") from exc
         if qty <= 0:

@@ -101,6 +101,18 @@ def format_summary(s: dict) -> str:
         lines.append("book: " + " ".join(f"{k}={bk.get(k, 0)}" for k in (
             "books_valid", "books", "tops", "depth_snapshots", "trades", "bars_closed", "resyncs_requested",
             "chain_breaks", "crossed", "lapped", "stale_dropped")))
+    sg = (s["stages"].get("signal") or {}).get("counters") or {}
+    if "read" in sg:  # the signal stage: signals by strategy and reason, suppressions by strategy and reason
+        lines.append(f"signal: read={sg.get('read', 0)} bars={sg.get('bars', 0)} signals={sg.get('signals', 0)}")
+        by: dict[str, list[str]] = {}
+        for key, v in sg.items():
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] in ("signals", "suppressed"):
+                by.setdefault(parts[1], []).append(f"{'-' if parts[0] == 'suppressed' else ''}{parts[2]}={v}")
+        for strat, items in by.items():
+            sig = [i for i in items if not i.startswith("-")]
+            sup = [i[1:] for i in items if i.startswith("-")]
+            lines.append(f"  {strat}: signals " + " ".join(sig) + ("  suppressed " + " ".join(sup) if sup else ""))
     sp = s.get("spares") or {}
     if sp.get("enabled"):
         lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"
