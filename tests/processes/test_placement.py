@@ -45,9 +45,10 @@ def session_md() -> np.ndarray:
     return md
 
 
-def _config(instance: str, placement: str) -> object:
+def _config(instance: str, placement: str, signal: dict | None = None) -> object:
     d = json.loads((ROOT / "config" / "system.json").read_text())
     d["instance"] = instance
+    d["signal"].update(signal or {})
     eng = {k: v for k, v in d["placement"]["engine"].items() if k != "stages"}
     eng["idle"] = {"strategy": "backoff", "spins": 20, "yields": 2, "min_sleep_us": 20, "max_sleep_us": 500}
     if placement == "engine":
@@ -65,9 +66,10 @@ def _config(instance: str, placement: str) -> object:
     return parse_config(d, host_cpus=None)
 
 
-def _run(placement: str, md: np.ndarray) -> dict[str, np.ndarray]:
+def _run(placement: str, md: np.ndarray, signal: dict | None = None, keep_trace: bool = False
+         ) -> dict[str, np.ndarray]:
     instance = f"pl-{uuid.uuid4().hex[:8]}"
-    cfg = _config(instance, placement)
+    cfg = _config(instance, placement, signal)
     rings = {r: Ring.create(segment_name(instance, r), records.ALL_DTYPES[dt], cfg.rings[r].capacity, len(cons),
                             "block") for r, (dt, _p, cons) in RINGS.items()}
     ctx = mp.get_context("spawn")
@@ -108,7 +110,7 @@ def _run(placement: str, md: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for r, ring in rings.items():
             got = ring.slots[: ring.published].copy()
-            for f in TRACE:
+            for f in TRACE if not keep_trace else ():
                 if f in got.dtype.names:
                     got[f] = 0
             out[r] = got
@@ -159,3 +161,51 @@ def test_one_engine_process_and_one_process_per_stage_give_identical_records(ses
     # the session really exercised the book: valid tops, trades and bars came out of it
     kinds = np.bincount(engine["book"]["kind"], minlength=5)
     assert kinds[records.BK_TOP] > 100 and kinds[records.BK_TRADE] > 100 and kinds[records.BK_BAR] > 0
+
+
+def test_the_live_signal_stage_emits_what_the_research_api_computes(session_md, tmp_path):
+    """The real engine process vs ``core.features.FeatureComputer`` + ``core.strategies.replay_signals``.
+
+    A logistic model whose weights touch every feature makes each ML signal's
+    strength a function of the whole feature vector, so equal strengths mean
+    equal features; the rule strategy and the probe ride along.
+    """
+    from core.book_worker_kernels import BookConfig, BookEngine
+    from core.features import FEATURE_NAMES, FEATURE_VERSION, FeatureComputer
+    from core.models import save_linear_npz
+    from core.strategies import R_ML_LONG, R_ML_SHORT, SignalSettings, replay_signals
+
+    cfg0 = _config("research", "engine")
+    b = cfg0.book
+    engine = BookEngine(BookConfig(n_symbols=len(cfg0.instruments), levels_capacity=b.levels_capacity,
+                                   buffer_capacity=b.buffer_capacity, bar_intervals_ms=tuple(b.bar_intervals_ms),
+                                   bar_watermark_ms=b.bar_watermark_ms, emit_empty_bars=b.emit_empty_bars,
+                                   depth_throttle_ms=b.depth_throttle_ms))
+    research_book = engine.process_all(session_md)
+    rows = FeatureComputer(cfg0).compute(research_book, on=("bar", "top"))
+    X = np.column_stack([rows[n] for n in FEATURE_NAMES])
+    warm = np.isfinite(X).all(axis=1)
+    assert warm.sum() > 50
+    scale = np.median(np.abs(X[warm]), axis=0)
+    w = np.where(scale > 0, 0.3 / np.where(scale > 0, scale, 1), 0.0) * np.resize([1.0, -1.0, 0.5], len(scale))
+    bias = -float(np.median(X[warm] @ w))
+    model = tmp_path / "all_features.npz"
+    save_linear_npz(model, w, bias, "logistic", FEATURE_NAMES, FEATURE_VERSION)
+    signal = {"max_staleness_ms": 600_000, "update_interval_ms": 200, "strategies": [
+        {"name": "mr", "type": "rsi_macd_bb", "qty": "0.001"},
+        {"name": "ml", "type": "ml", "on": ["bar", "top"], "qty": "0.001", "model": str(model),
+         "params": {"buy_above": 0.6, "sell_below": 0.4}},
+        {"name": "probe", "type": "trace_probe"}]}
+
+    live = _run("engine", session_md, signal=signal, keep_trace=True)
+    cfg = _config("research", "engine", signal)
+    research = replay_signals(SignalSettings.build(cfg), live["book"])
+    # the book the live stage read is the one the research path builds from the same md
+    for f in ("kind", "symbol", "state", "top_bid_px", "top_ask_qty", "tr_qty", "bar_close", "bar_volume"):
+        assert np.array_equal(live["book"][f], research_book[f]), f
+    assert len(live["signals"]) == len(research) > len(live["book"])
+    for f in research.dtype.names:
+        if f != "pub_ns":
+            assert np.array_equal(live["signals"][f], research[f]), f"signals differ in {f}"
+    ml = research[np.isin(research["reason"], (R_ML_LONG, R_ML_SHORT))]
+    assert len(ml) > 0, "the model never crossed a threshold: the comparison saw no ML decision"
