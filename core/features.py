@@ -240,7 +240,7 @@ def new_feature_state(cfg: FeatureConfig, n_symbols: int) -> FeatureState:
     return fs
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def feat_reset(fs, sym):
     """Forget everything about ``sym`` (cold: indicators warm up again)."""
     stream_reset(fs.ind, sym)
@@ -258,12 +258,12 @@ def feat_reset(fs, sym):
     fs.vwap_n[sym, 1] = 0
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _px(fixed):
     return fixed / FIXED_SCALE
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _mid(fs, sym):
     t = fs.top[sym]
     if t[TOP_VALID] == 0 or t[TOP_BID_PX] <= 0 or t[TOP_ASK_PX] <= 0:
@@ -271,7 +271,7 @@ def _mid(fs, sym):
     return (_px(t[TOP_BID_PX]) + _px(t[TOP_ASK_PX])) * 0.5
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _vwap_dist(fs, sym):
     f = fs.feat[sym]
     m = _mid(fs, sym)
@@ -293,7 +293,7 @@ def _vwap_dist(fs, sym):
         f[F_VWAP_DIST_BPS] = np.nan
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _on_top(fs, ev, sym):
     t = fs.top[sym]
     f = fs.feat[sym]
@@ -327,7 +327,7 @@ def _on_top(fs, ev, sym):
     _vwap_dist(fs, sym)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _on_depth(fs, ev, sym):
     n = int(fs.params[P_DEPTH_LEVELS])
     sb = 0.0
@@ -338,7 +338,7 @@ def _on_depth(fs, ev, sym):
     fs.feat[sym, F_OBI_DEPTH] = (sb - sa) / (sb + sa) if ev.state == BOOK_VALID and sb + sa > 0.0 else np.nan
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _on_trade(fs, ev, sym):
     fl = fs.flow[sym]
     t = float(ev.tr_time_ms)
@@ -358,7 +358,7 @@ def _on_trade(fs, ev, sym):
     fs.feat[sym, F_TFI] = (fl[FL_BUY] - fl[FL_SELL]) / tot if tot > 0.0 else np.nan
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _on_bar(fs, ev, sym):
     if ev.bar_close <= 0 or ev.bar_high <= 0 or ev.bar_low <= 0:
         fs.counters[C_BAD_BARS] += 1
@@ -399,7 +399,7 @@ def _on_bar(fs, ev, sym):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def feat_on_event(fs, ev):
     """Apply one BOOK_EVENT; returns TRIG_BAR, TRIG_TOP or TRIG_NONE (see the module docstring)."""
     sym = ev.symbol
@@ -421,7 +421,7 @@ def feat_on_event(fs, ev):
     return TRIG_NONE
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def bar_features_ready(feat_row):
     """True when every bar feature except the always-NaN-able band ratio is finite (indicators warm)."""
     for j in range(F_SPREAD_BPS):
@@ -433,7 +433,7 @@ def bar_features_ready(feat_row):
     return True
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def feat_collect(fs, events, n, want_top, mat, hdr, k0):
     """Research path: feed ``events[:n]``; for each bar trigger (and each top trigger if ``want_top``) append
     the symbol's vector to ``mat`` (float64[rows, N_FEATURES]) and ``(exch_ms, recv_ns, symbol, trigger,

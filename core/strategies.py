@@ -132,7 +132,7 @@ REASON_NAMES = {R_RULE_LONG: "rsi_oversold_macd_up", R_RULE_SHORT: "rsi_overboug
 N_REASON_SLOTS = 8  # counters: slot = reason (1..6), 7 = trace probe
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def reason_slot(reason):
     return 7 if reason == R_TRACE_PROBE else reason
 
@@ -389,7 +389,7 @@ def counter_names(settings: SignalSettings) -> dict[str, tuple[str, int, int]]:
 # ---------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger):
     """Write one SIGNAL (pub_ns is stamped at publish)."""
     sym = ev.symbol
@@ -418,12 +418,12 @@ def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger):
     st.sig[s, reason_slot(reason)] += 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _clip(x, lo, hi):
     return lo if x < lo else (hi if x > hi else x)
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _rule(st, fs, s, sym):
     """(side, strength, confidence, reason) of the rule strategy, side SIDE_FLAT = no signal."""
     p = st.params[s]
@@ -451,7 +451,7 @@ def _rule(st, fs, s, sym):
     return SIDE_FLAT, 0.0, 0.0, 0
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def ml_decide(st, s, sym, o):
     """(side, strength, confidence, reason) for model output ``o``; SIDE_FLAT = no signal. Updates the intent."""
     p = st.params[s]
@@ -472,7 +472,7 @@ def ml_decide(st, s, sym, o):
     return SIDE_FLAT, 0.0, 0.0, 0
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k):
     """Strategy ``s`` on one triggering record; returns the new output count ``k``."""
     sym = ev.symbol
@@ -529,7 +529,7 @@ def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k):
     return k + 1
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def sig_process(st, fs, model, src, n, now_ns, out, seq, mask):
     """Feed ``src[:n]`` (BOOK_EVENT) through the features and every strategy.
 
@@ -548,7 +548,7 @@ def sig_process(st, fs, model, src, n, now_ns, out, seq, mask):
     return k
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def resolve_one(st, j, o, over_budget):
     """Finish pending pickle decision ``j`` with model output ``o``; True when it became a signal (in st.pend[j])."""
     d = st.pend[j]
