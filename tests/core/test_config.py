@@ -178,3 +178,42 @@ def test_supervisor_exits_2_with_the_message_for_every_bad_config(tmp_path):
         assert expect in err, f"{case}: {err!r}"
         line = json.loads(out.splitlines()[-1])
         assert line["level"] == "ERROR" and expect in line["msg"] and line["proc"] == "supervisor"
+
+
+def test_supervisor_exits_2_for_a_bad_strategy_or_model(tmp_path):
+    """Strategies, model files and their feature contract are checked before anything starts."""
+    import pickle
+
+    import numpy as np
+
+    from core.features import FEATURE_NAMES, FEATURE_VERSION
+    from core.models import save_linear_npz
+
+    swapped = list(FEATURE_NAMES)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    save_linear_npz(tmp_path / "swapped.npz", np.zeros(len(swapped)), 0.0, "logistic", swapped, FEATURE_VERSION)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps({"not": "a model"}))
+    (tmp_path / "m.json").write_text(json.dumps({"feature_names": list(FEATURE_NAMES),
+                                                 "feature_version": FEATURE_VERSION}))
+    ml = {"name": "m", "type": "ml", "qty": "0.001"}
+    cases = [
+        ("missing model file", [{**ml, "model": str(tmp_path / "nope.txt")}], "nope.txt"),
+        ("pickle without opt-in", [{**ml, "model": str(tmp_path / "m.pkl")}], "allow_pickle"),
+        ("feature mismatch", [{**ml, "model": str(tmp_path / "swapped.npz")}], FEATURE_NAMES[2]),
+        ("unknown strategy type", [{"name": "x", "type": "martingale", "qty": "1"}], "signal.strategies[0].type"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGTRADER__")}
+    procs = []
+    for i, (case, strategies, expect) in enumerate(cases):
+        d = copy.deepcopy(base())
+        d["signal"]["strategies"] = strategies
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(d))
+        procs.append((case, expect, subprocess.Popen(
+            [sys.executable, "-m", "processes.supervisor", "--config", str(path)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for case, expect, p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2, f"{case}: exit {p.returncode}\n{out}\n{err}"
+        assert expect in err, f"{case}: {err!r}"
+        assert "Traceback" not in err, case
