@@ -13,6 +13,7 @@ Configuration (``signal.strategies``, an array; strategy id = position + 1)::
      "symbols": ["BTCUSDT"], "params": {"oversold": 30, "overbought": 70, ...}}
     {"name": "lgbm", "type": "ml", "on": ["bar", "top"], "qty": "0.001",
      "model": "config/models/example.txt", "params": {"buy_above": 0.55, "sell_below": 0.45}}
+    (a relative model path is taken from the project root, else the working directory)
     {"name": "probe", "type": "trace_probe"}        # latency profiling only: one probe per book record
 
 Types
@@ -197,7 +198,7 @@ class SignalSettings:
             raise ConfigError("signal.features.bar_interval_ms",
                               f"{fc.bar_interval_ms} is not one of book.bar_intervals_ms {list(book_ivs)}")
         symbols = {i.symbol: i.id for i in cfg.instruments}
-        root = Path(cfg.source_path).resolve().parent.parent if getattr(cfg, "source_path", None) else Path.cwd()
+        root = Path(__file__).resolve().parents[1]  # relative model paths: the project root (then the cwd)
         specs, model, names = [], None, set()
         for i, raw in enumerate(sc.strategies):
             spec, m = _parse_strategy(i, raw, symbols, sc, fc, root)
@@ -276,6 +277,7 @@ def _parse_strategy(i: int, raw: dict, symbols: dict, sc, fc: FeatureConfig, roo
         path = Path(mpath)
         if not path.is_absolute():
             path = (root / path) if (root / path).exists() or not path.exists() else path.resolve()
+        # (a path that exists nowhere stays relative to the project root: the error names it)
         model = load_model(path, feature_names=FEATURE_NAMES, feature_version=FEATURE_VERSION,
                            allow_pickle=sc.allow_pickle, budget_us=sc.model_budget_us, key=f"{key}.model")
         trained = (model.sidecar or {}).get("feature_params")

@@ -35,6 +35,9 @@ thread never sees a half-built one):
 ``ringtrader_spare_ready``                      gauge    1 while a warmed spare is waiting
 ``ringtrader_hop_latency_us``                   gauge    {hop,quantile} cumulative since start (0.5 ... 0.999; 1 = max)
 ``ringtrader_hop_latency_samples_total``        counter  {hop}
+``ringtrader_signals_total``                    counter  {strategy,reason} signals emitted (signal stage)
+``ringtrader_signal_suppressed_total``          counter  {strategy,reason} decisions suppressed: book_invalid,
+                                                         stale, warmup, model_budget, bad_score
 ==============================================  =======  ==============================================
 """
 
@@ -155,6 +158,18 @@ class RingtraderCollector(Collector):
                 lat.add_metric([hop, q], s[key])
         yield lat
         yield samples
+
+        sig = CounterMetricFamily(PREFIX + "signals", "Signals emitted by the signal stage, by strategy and reason "
+                                                      "(since the hosting process started)",
+                                  labels=["strategy", "reason"])
+        sup = CounterMetricFamily(PREFIX + "signal_suppressed", "Strategy decisions suppressed, by strategy and "
+                                                                "reason", labels=["strategy", "reason"])
+        for key, v in (view.get("signal") or {}).items():
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] in ("signals", "suppressed"):
+                (sig if parts[0] == "signals" else sup).add_metric([parts[1], parts[2]], v)
+        yield sig
+        yield sup
 
 
 class MetricsServer:

@@ -47,7 +47,8 @@ def build_view(sup) -> dict:
                          "recovery_ms": p.recovery_ms[-1] if p.recovery_ms else None,
                          "via_spare": p.via_spare, "stages": list(p.stages), "idle_fraction": _idle_fraction(p)}
     sp = sup.spare
-    return {"processes": procs, "latency": ordered_hops(merged_latency(sup.procs).summary()),
+    signal = next((p.stage_counters("signal") for p in sup.procs.values() if "signal" in p.stages), {})
+    return {"processes": procs, "latency": ordered_hops(merged_latency(sup.procs).summary()), "signal": signal,
             "spares": {"started": sup.spare_stats["started"], "used": sup.spare_stats["used"],
                        "failed": sup.spare_stats["failed"], "ready": int(sp is not None and bool(sp.ready_at))}}
 
