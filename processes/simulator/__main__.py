@@ -2,7 +2,10 @@
 
 Reads the ``simulator`` and ``instruments`` sections of a full system config
 (JSON). Without --config the offline defaults apply (127.0.0.1:9010,
-BTCUSDT and ETHUSDT, seed 42, 2000 events/s). Exit code 2 on bad config.
+BTCUSDT and ETHUSDT, seed 42, 2000 events/s). Exit code 2 on bad config,
+including a configured account whose key variables are not set (the
+default account's ``BINANCE_SIM_API_KEY``/``_SECRET`` may be unset: the
+order endpoints then answer -2015).
 """
 
 from __future__ import annotations
@@ -81,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("config: %s", {k: v for k, v in dataclasses.asdict(cfg).items() if k != "symbols"})
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(_amain(cfg, specs))
-    except ImportError:
-        asyncio.run(_amain(cfg, specs))
+            uvloop.run(_amain(cfg, specs))
+        except ImportError:
+            asyncio.run(_amain(cfg, specs))
+    except ConfigError as exc:  # e.g. an account's key variable unset: found when the simulator is built
+        sys.stderr.write(f"config error: {exc}\n")
+        return 2
     return 0
 
 

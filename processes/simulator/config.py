@@ -15,8 +15,17 @@ Example (all keys optional)::
       "weight_limit_per_minute": 6000, "ban_after_429s": 3, "ban_s": 120,
       "replay": [], "replay_speed": 1.0,
       "symbols": {"BTCUSDT": {"tick_size": "0.01", "step_size": "0.00001", "start_price": "60000"}},
-      "faults": {"gap_probability": 0.0, "rest_status_sequence": [429, 500]}
+      "faults": {"gap_probability": 0.0, "rest_status_sequence": [429, 500]},
+      "accounts": [{"name": "main", "api_key_env": "BINANCE_SIM_API_KEY",
+                    "api_secret_env": "BINANCE_SIM_API_SECRET", "key_type": "hmac",
+                    "balances": {"USDT": "100000", "BTC": "1"}}],
+      "fees": {"maker": "0.001", "taker": "0.001"},
+      "orders_per_10s": 100, "orders_per_day": 200000, "max_open_orders": 200,
+      "queue_model": "trade_through"
     }
+
+The order side's keys (accounts, fees, order limits, queue model) are
+documented in accounts.py and orders.py; its faults in faults.py.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any, Mapping
 
 from core.errors import ConfigError, FixedPointError
 from core.fixedpoint import from_fixed, to_fixed
+from processes.simulator.accounts import AccountConfig, FeeConfig, parse_accounts
 
 DEFAULT_PORT = 9010  # config/system.json points market_data.ws_url and rest_url here
 
@@ -39,6 +49,10 @@ DEFAULT_SYMBOL_SPECS: dict[str, dict[str, str]] = {
 GENERIC_SYMBOL_SPEC = {"tick_size": "0.01", "step_size": "0.001", "start_price": "100.00"}
 
 REST_FAULT_STATUSES = (418, 429, 500, 502, 503, 504)
+# order_fault_sequence entries: what the next order-entry requests get (faults.py documents each)
+ORDER_FAULTS = ("ok", "drop", "hang", "418", "429", "500", "502", "503", "504")
+QUEUE_MODEL_NAMES = ("trade_through", "queue_position")
+MAX_SKEW_MS = 20 * 366 * 86_400_000  # wide enough to set the server clock to a documented example's date
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], path: str) -> None:
@@ -69,6 +83,13 @@ def _prob(d: Mapping, key: str, path: str) -> float:
     return _num(d, key, path, 0.0, lo=0.0, hi=1.0)
 
 
+def _choice(d: Mapping, key: str, path: str, default: str, choices: tuple[str, ...]) -> str:
+    v = d.get(key, default)
+    if v not in choices:
+        raise ConfigError(f"{path}.{key}", f"must be one of {list(choices)}, got {v!r}")
+    return v
+
+
 def _str(d: Mapping, key: str, path: str, default: str) -> str:
     if key not in d:
         return default
@@ -93,13 +114,18 @@ class FaultConfig:
     snapshot_fail_status: int = 503  # HTTP status of a failed snapshot
     rest_status_sequence: tuple[int, ...] = ()  # answer the next REST calls with these statuses, in order
     retry_after_s: int = 5  # Retry-After of injected 429/418 answers
+    order_fault_sequence: tuple[str, ...] = ()  # the next order-entry requests get these (ORDER_FAULTS), in order
+    order_hang_s: float = 15.0  # "hang": the answer (a 504 -1007) is held this long, past a client's timeout
+    order_ack_delay_ms: int = 0  # every order-entry answer is sent this late (the order is live at once)
+    clock_skew_ms: int = 0  # the REST server clock runs this far ahead (< 0: behind) of the host clock
 
     KEYS = frozenset(
         {
             "disconnect_after_messages", "disconnect_probability", "gap_probability",
             "duplicate_probability", "reorder_probability", "malformed_probability",
             "snapshot_delay_ms", "snapshot_fail_count", "snapshot_fail_status",
-            "rest_status_sequence", "retry_after_s",
+            "rest_status_sequence", "retry_after_s", "order_fault_sequence", "order_hang_s",
+            "order_ack_delay_ms", "clock_skew_ms",
         }
     )  # fmt: skip
 
@@ -115,6 +141,13 @@ class FaultConfig:
                     f"{path}.rest_status_sequence[{i}]", f"must be one of {list(REST_FAULT_STATUSES)}, got {s!r}"
                 )
         fail_status = _num(d, "snapshot_fail_status", path, 503, kind=int, lo=400, hi=599)
+        oseq = d.get("order_fault_sequence", [])
+        if not isinstance(oseq, (list, tuple)):
+            raise ConfigError(f"{path}.order_fault_sequence", f"must be a list, got {oseq!r}")
+        oseq = [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in oseq]
+        for i, s in enumerate(oseq):
+            if s not in ORDER_FAULTS:
+                raise ConfigError(f"{path}.order_fault_sequence[{i}]", f"must be one of {list(ORDER_FAULTS)}, got {s!r}")
         return cls(
             disconnect_after_messages=_num(d, "disconnect_after_messages", path, 0, kind=int, lo=0),
             disconnect_probability=_prob(d, "disconnect_probability", path),
@@ -127,11 +160,16 @@ class FaultConfig:
             snapshot_fail_status=fail_status,
             rest_status_sequence=tuple(seq),
             retry_after_s=_num(d, "retry_after_s", path, 5, kind=int, lo=0, hi=86_400),
+            order_fault_sequence=tuple(oseq),
+            order_hang_s=_num(d, "order_hang_s", path, 15.0, lo=0.0, hi=3600.0),
+            order_ack_delay_ms=_num(d, "order_ack_delay_ms", path, 0, kind=int, lo=0, hi=600_000),
+            clock_skew_ms=_num(d, "clock_skew_ms", path, 0, kind=int, lo=-MAX_SKEW_MS, hi=MAX_SKEW_MS),
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rest_status_sequence"] = list(self.rest_status_sequence)
+        d["order_fault_sequence"] = list(self.order_fault_sequence)
         return d
 
 
@@ -181,12 +219,19 @@ class SimulatorConfig:
     replay_speed: float = 1.0  # 1 = recorded speed, 2 = twice as fast, 0 = as fast as possible
     symbols: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # per-symbol overrides
     faults: FaultConfig = field(default_factory=FaultConfig)
+    accounts: tuple[AccountConfig, ...] = ()  # () = the default account "main" (accounts.py)
+    fees: FeeConfig = field(default_factory=FeeConfig)  # maker/taker rates, optional fee asset
+    orders_per_10s: int = 100  # ORDERS limit per account per 10 s (exchangeInfo rateLimits); beyond -> 429 -1015
+    orders_per_day: int = 200_000  # ORDERS limit per account per day
+    max_open_orders: int = 200  # MAX_NUM_ORDERS: open orders per account per symbol
+    queue_model: str = "trade_through"  # how resting orders fill: "trade_through" | "queue_position"
 
     KEYS = frozenset(
         {
             "host", "port", "seed", "rate", "depth_levels", "tick_ms", "wire_decimals",
             "ping_interval_s", "pong_timeout_s", "weight_limit_per_minute", "ban_after_429s",
             "ban_s", "max_client_queue", "replay", "replay_speed", "symbols", "faults",
+            "accounts", "fees", "orders_per_10s", "orders_per_day", "max_open_orders", "queue_model",
         }
     )  # fmt: skip
 
@@ -227,6 +272,12 @@ class SimulatorConfig:
             replay_speed=_num(d, "replay_speed", path, 1.0, lo=0.0),
             symbols={s.upper(): dict(v) for s, v in symbols.items()},
             faults=FaultConfig.from_dict(d.get("faults", {}), f"{path}.faults"),
+            accounts=parse_accounts(d.get("accounts"), f"{path}.accounts"),
+            fees=FeeConfig.from_dict(d.get("fees"), f"{path}.fees"),
+            orders_per_10s=_num(d, "orders_per_10s", path, 100, kind=int, lo=1),
+            orders_per_day=_num(d, "orders_per_day", path, 200_000, kind=int, lo=1),
+            max_open_orders=_num(d, "max_open_orders", path, 200, kind=int, lo=1, hi=100_000),
+            queue_model=_choice(d, "queue_model", path, "trade_through", QUEUE_MODEL_NAMES),
         )
 
 

@@ -15,6 +15,35 @@ control replies, pings and serverShutdown are never faulted):
 - duplicate_probability: send the frame twice;
 - disconnect_after_messages: after N data frames, close with 1001 "going
   away" (what Binance does at the 24 h mark).
+
+REST faults:
+- rest_status_sequence: the next /api/ requests (any route) are answered with
+  these statuses before they are handled: an order sent then is NOT placed
+  (the "5xx, and it did not happen" branch of an unknown outcome).
+
+Order-entry faults (POST /api/v3/order, DELETE /api/v3/order, DELETE
+/api/v3/openOrders; the requests that pass authentication take the next
+``order_fault_sequence`` entry, one each, in order):
+- "ok": answered normally (a placeholder, to fault a later request);
+- "drop": the request IS executed, then the TCP connection is closed without
+  a response (the client sees a disconnect; ``GET /api/v3/order`` by
+  ``origClientOrderId`` shows what happened: the exactly-once building block);
+- "hang": executed; the answer is held ``order_hang_s`` (default 15 s, past
+  any sane client timeout), then it is a 504 with -1007 (Binance's "Send
+  status unknown; execution status unknown") if the client still listens;
+- "500" / "502" / "503" / "504": executed, then answered with that status and
+  Binance's body for it (-1001 / -1007 / -1008 / -1007): unknown outcome,
+  and it DID happen;
+- "429" / "418": NOT executed; 429 -1015 "Too many new orders" (on
+  POST /api/v3/order, else -1003) / 418 -1003 banned, with Retry-After
+  ``retry_after_s``.
+- order_ack_delay_ms: every order-entry request is executed on arrival and
+  its answer sent this much later (the user data events go out first, as
+  they can on Binance).
+- clock_skew_ms: the server clock (GET /api/v3/time, exchangeInfo serverTime,
+  transactTime and the timestamp/recvWindow check) runs this far ahead of the
+  host clock (negative: behind). A client that does not sync gets -1021;
+  market-stream times stay on the host clock.
 """
 
 from __future__ import annotations
@@ -53,6 +82,7 @@ class FaultStats:
     closes: int = 0
     rest_faults: int = 0
     snapshot_failures: int = 0
+    order_faults: int = 0  # order_fault_sequence entries applied (other than "ok")
 
 
 class ConnectionFaults:
@@ -102,6 +132,14 @@ class ConnectionFaults:
             out.append(self.held)
             self.held = None
             self.sent += 1
+
+
+def order_fault_body(kind: str, *, is_new_order: bool, until_ms: int = 0, limit_10s: int = 0) -> tuple[int, dict]:
+    """(HTTP status, Binance body) of an order-entry fault answer ("hang" answers like a 504)."""
+    status = 504 if kind == "hang" else int(kind)
+    if status == 429 and is_new_order:
+        return 429, {"code": -1015, "msg": f"Too many new orders; current limit is {limit_10s} orders per 10 SECOND."}
+    return status, rest_error_body(status, limit=0, until_ms=until_ms)
 
 
 def rest_error_body(status: int, *, limit: int = 0, until_ms: int = 0) -> dict:

@@ -11,8 +11,14 @@ WebSocket (text frames, exactly as Binance sends them)
   a connection whose pong is pong_timeout_s late.
 REST (Binance bodies, X-MBX-USED-WEIGHT-1M on every answer, 429/418 + Retry-After)
   GET /api/v3/ping, /api/v3/time, /api/v3/exchangeInfo, /api/v3/depth
+  SIGNED (X-MBX-APIKEY + signature, auth.py; orders.py does the work):
+  POST /api/v3/order, /api/v3/order/test; GET/DELETE /api/v3/order;
+  GET/DELETE /api/v3/openOrders; GET /api/v3/allOrders, /api/v3/myTrades,
+  /api/v3/account, /api/v3/rateLimit/order
 Control (not rate limited, not faulted; for tests and operators)
   GET  /sim/stats                   counters as JSON
+  GET  /sim/accounts                balances, fees collected, conservation check
+  POST /sim/balance                 {"account", "asset", "delta"}: deposit/withdraw (balanceUpdate event)
   POST /sim/fault                   JSON object merged into the fault config
   POST /sim/shutdown_notice         send serverShutdown to every WS client
   POST /sim/disconnect              drop every WS connection now
@@ -32,6 +38,7 @@ import logging
 import math
 import time
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
@@ -40,8 +47,29 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from core.errors import ConfigError
 from core.fixedpoint import from_fixed, to_fixed
 from core.venue import depth_weight
+from processes.simulator.accounts import Ledger, default_account
+from processes.simulator.auth import Authenticator, BinanceError, load_keys, parse_rest
 from processes.simulator.config import FaultConfig, SimulatorConfig, SymbolSpec, resolve_symbols
-from processes.simulator.faults import ACT_ABORT, ACT_CLOSE, ConnectionFaults, FaultStats, rest_error_body
+from processes.simulator.faults import (
+    ACT_ABORT,
+    ACT_CLOSE,
+    ConnectionFaults,
+    FaultStats,
+    order_fault_body,
+    rest_error_body,
+)
+from processes.simulator.orders import (
+    ORDER_ENTRY_OPS,
+    ORDER_TYPES,
+    REST_ROUTES,
+    ZERO_WEIGHT_ON_SUCCESS,
+    GeneratedBook,
+    OrderService,
+    ReplayedBook,
+    request_weight,
+    split_symbol,
+    symbol_filters,
+)
 from processes.simulator import market_kernels as mk
 from processes.simulator.market import MarketGenerator, SymbolFlow
 from processes.simulator.streams import StreamBuilder, canonical_stream, is_depth_stream, snapshot_payload
@@ -238,6 +266,7 @@ class Hub:
         self.wanted: set[str] = set()
         self._conn_no = 0
         self.on_first_client: Callable[[], None] | None = None
+        self.taps: list[Callable[[list[Frame]], None]] = []  # see every broadcast batch (replayed books)
 
     @property
     def faults_active(self) -> bool:
@@ -259,6 +288,12 @@ class Hub:
     def broadcast(self, frames: list[Frame]) -> None:
         if not frames:
             return
+        for tap in self.taps:
+            try:
+                tap(frames)
+            except Exception:  # a tap must not stop the market: logged, the frames still go out
+                self.stats["tap_errors"] = self.stats.get("tap_errors", 0) + 1
+                log.exception("broadcast tap failed")
         for c in list(self.clients):
             c.enqueue_frames(frames)
 
@@ -362,6 +397,15 @@ class WeightLimiter:
             return used, 418, float(self.ban_s)
         return used, 429, (window + 1) * 60 - now
 
+    def add(self, ip: str, weight: int) -> int:
+        """Add ``weight`` after the fact (a failed order request pays 1); returns the weight used."""
+        window = int(self.clock() // 60)
+        win, used, n429 = self._used.get(ip, (window, 0, 0))
+        if win != window:
+            used, n429 = 0, 0
+        self._used[ip] = (window, used + weight, n429)
+        return used + weight
+
 
 # ---------------------------------------------------------------------------------------------
 # Sources
@@ -378,6 +422,8 @@ class GeneratorSource:
             tick_ms=cfg.tick_ms, wire_decimals=cfg.wire_decimals,
         )  # fmt: skip
         self.builder = StreamBuilder(self.gen)
+        self.order_hook: Callable[[list[SymbolFlow]], list[SymbolFlow]] | None = None  # the order side's
+        self.hook_errors = 0
         self.paused = False
         self.steps = 0
         self.lag_resets = 0
@@ -408,6 +454,12 @@ class GeneratorSource:
                 flows = [self._empty_flow(s) for s in self.gen.books]
             else:
                 flows = self.gen.step(t_end - self.cfg.tick_ms)
+            if self.order_hook is not None:
+                try:
+                    flows = self.order_hook(flows)
+                except Exception:  # the market goes on; the order side's failure is logged and counted
+                    self.hook_errors += 1
+                    log.exception("order side failed on a generated step")
             self.steps += 1
             self.hub.broadcast(self.builder.build(flows, t_end, self.hub.wanted))
 
@@ -428,6 +480,7 @@ class GeneratorSource:
             "steps": self.steps,
             "frames_built": self.builder.frames_built,
             "lag_resets": self.lag_resets,
+            "order_hook_errors": self.hook_errors,
             "paused": self.paused,
             "update_ids": {s: b.update_id for s, b in self.gen.books.items()},
         }
@@ -436,6 +489,10 @@ class GeneratorSource:
 # ---------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------
+def _json(status: int, body: Any, headers: dict | None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
 def _error(status: int, code: int, msg: str, headers: dict | None = None) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"code": code, "msg": msg}),
                         content_type="application/json", headers=headers)  # fmt: skip
@@ -464,6 +521,9 @@ class Simulator:
                 source = GeneratorSource(cfg, specs, self.hub)
         self.source = source
         self.limiter = WeightLimiter(cfg.weight_limit_per_minute, cfg.ban_after_429s, cfg.ban_s)
+        self._order_faults: list[str] = list(cfg.faults.order_fault_sequence)
+        self._stopping = asyncio.Event()  # ends held ("hang") answers at stop
+        self._make_order_side()
         self._rest_faults: list[int] = list(cfg.faults.rest_status_sequence)
         self._snapshot_failures_left = cfg.faults.snapshot_fail_count
         self.rest_stats = {"requests": 0, "429": 0, "418": 0, "snapshots": 0}
@@ -471,6 +531,39 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._source_task: asyncio.Task | None = None
         self.app = self._make_app()
+
+    def _make_order_side(self) -> None:
+        """Accounts (keys from the environment: a configured account without them is a ConfigError),
+        the ledger, the order service on this source's books, and its market hooks."""
+        accounts = self.cfg.accounts or (default_account(),)
+        keys, _without = load_keys(accounts)
+        self.ledger = Ledger(accounts)
+        books: dict[str, Any] = {}
+        gen = getattr(self.source, "gen", None)
+        if gen is not None:
+            books = {sym: GeneratedBook(b) for sym, b in gen.books.items()}
+        elif hasattr(self.source, "snapshot"):
+            src = self.source
+            books = {sp.symbol: ReplayedBook(sp.symbol, lambda sym, src=src: src.snapshot(sym, 5000))
+                     for sp in self.specs}  # fmt: skip
+        self.orders = OrderService(
+            specs=self.specs, books=books, ledger=self.ledger, accounts=[a.name for a in accounts],
+            fees=self.cfg.fees, clock_ms=self.server_ms, orders_per_10s=self.cfg.orders_per_10s,
+            orders_per_day=self.cfg.orders_per_day, max_open_orders=self.cfg.max_open_orders,
+            queue_model=self.cfg.queue_model, seed=self.cfg.seed,
+        )  # fmt: skip
+        self.auth = Authenticator(keys, self.server_us)
+        if gen is not None and hasattr(self.source, "order_hook"):
+            self.source.order_hook = self.orders.on_generated
+        elif books:
+            self.hub.taps.append(self.orders.on_replayed)
+
+    def server_ms(self) -> int:
+        """The REST server clock, ms since the epoch: the host clock plus the clock_skew_ms fault."""
+        return time.time_ns() // 1_000_000 + self.hub.faults.clock_skew_ms
+
+    def server_us(self) -> int:
+        return time.time_ns() // 1_000 + self.hub.faults.clock_skew_ms * 1_000
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -490,6 +583,7 @@ class Simulator:
             log.error("simulator source failed", exc_info=task.exception())
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._source_task is not None:
             self._source_task.cancel()
             await asyncio.gather(self._source_task, return_exceptions=True)
@@ -524,6 +618,8 @@ class Simulator:
             "clients": len(self.hub.clients),
             "faults": dataclasses.asdict(self.hub.fault_stats),
             "rest": dict(self.rest_stats),
+            "orders": {**self.orders.stats, "open_orders": sum(v.engine.n_live for v in self.orders.venues.values()),
+                       "auth": dict(self.auth.stats)},
             **self.source.stats(),
         }
 
@@ -537,6 +633,8 @@ class Simulator:
             self._rest_faults = list(faults.rest_status_sequence)
         if "snapshot_fail_count" in changes:
             self._snapshot_failures_left = faults.snapshot_fail_count
+        if "order_fault_sequence" in changes:
+            self._order_faults = list(faults.order_fault_sequence)
         return faults
 
     # -- app ------------------------------------------------------------------------------------
@@ -549,7 +647,11 @@ class Simulator:
         app.router.add_get("/api/v3/time", self._time)
         app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         app.router.add_get("/api/v3/depth", self._depth)
+        for method, path in REST_ROUTES:
+            app.router.add_route(method, path, self._signed)
         app.router.add_get("/sim/stats", self._sim_stats)
+        app.router.add_get("/sim/accounts", self._sim_accounts)
+        app.router.add_post("/sim/balance", self._sim_balance)
         app.router.add_post("/sim/fault", self._sim_fault)
         app.router.add_post("/sim/shutdown_notice", self._sim_shutdown_notice)
         app.router.add_post("/sim/disconnect", self._sim_disconnect)
@@ -578,6 +680,12 @@ class Simulator:
             except ValueError:
                 limit = DEPTH_DEFAULT_LIMIT
             weight = depth_weight(min(max(limit, 1), DEPTH_MAX_LIMIT))
+        elif (request.method, path) in REST_ROUTES:
+            op = REST_ROUTES[(request.method, path)]
+            params = dict(request.query)
+            if request.method != "GET" and op == "order.test":
+                params.update(parse_qsl((await request.read()).decode("utf-8", "replace")))
+            weight = request_weight(op, params)
         else:
             weight = ROUTE_WEIGHTS.get(path, 1)
         ip = request.remote or "?"
@@ -599,6 +707,8 @@ class Simulator:
         except web.HTTPException as exc:
             exc.headers.update(headers)
             raise
+        if resp.status != 200 and REST_ROUTES.get((request.method, path)) in ZERO_WEIGHT_ON_SUCCESS:
+            headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.add(ip, 1))  # free only when it succeeds
         resp.headers.update(headers)
         return resp
 
@@ -606,14 +716,13 @@ class Simulator:
         return web.Response(body=b"{}", content_type="application/json")
 
     async def _time(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"serverTime": now_ms()}), content_type="application/json")
+        return web.Response(body=orjson.dumps({"serverTime": self.server_ms()}), content_type="application/json")
 
     def _symbol_info(self, spec: SymbolSpec) -> dict[str, Any]:
         def d8(text: str) -> str:
             return from_fixed(to_fixed(text))
 
-        quote = next((q for q in ("USDT", "USDC", "FDUSD", "BTC", "ETH", "BNB", "EUR") if spec.symbol.endswith(q)), "USDT")
-        base = spec.symbol[: -len(quote)] or spec.symbol
+        base, quote = split_symbol(spec.symbol)
         return {
             "symbol": spec.symbol,
             "status": "TRADING",
@@ -624,25 +733,16 @@ class Simulator:
             "quoteAssetPrecision": 8,
             "baseCommissionPrecision": 8,
             "quoteCommissionPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
-            "icebergAllowed": True,
-            "ocoAllowed": True,
-            "otoAllowed": True,
+            "orderTypes": list(ORDER_TYPES),  # what orders.py executes
+            "icebergAllowed": False,
+            "ocoAllowed": False,
+            "otoAllowed": False,
             "quoteOrderQtyMarketAllowed": True,
-            "allowTrailingStop": True,
-            "cancelReplaceAllowed": True,
+            "allowTrailingStop": False,
+            "cancelReplaceAllowed": False,
             "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
-            "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": d8(spec.tick_size), "maxPrice": "1000000.00000000",
-                 "tickSize": d8(spec.tick_size)},
-                {"filterType": "LOT_SIZE", "minQty": d8(spec.step_size), "maxQty": "9000.00000000",
-                 "stepSize": d8(spec.step_size)},
-                {"filterType": "NOTIONAL", "minNotional": d8(spec.min_notional), "applyMinToMarket": True,
-                 "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
-                {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "100.00000000",
-                 "stepSize": "0.00000000"},
-            ],  # fmt: skip
+            "filters": symbol_filters(spec, self.cfg.max_open_orders),  # the ones orders.py enforces
             "permissions": [],
             "permissionSets": [["SPOT"]],
             "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
@@ -667,12 +767,12 @@ class Simulator:
                 return _error(400, -1121, "Invalid symbol.")
         body = {
             "timezone": "UTC",
-            "serverTime": now_ms(),
+            "serverTime": self.server_ms(),
             "rateLimits": [
                 {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                  "limit": self.cfg.weight_limit_per_minute},
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-                {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": self.cfg.orders_per_10s},
+                {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": self.cfg.orders_per_day},
                 {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 300000},
             ],  # fmt: skip
             "exchangeFilters": [],
@@ -707,7 +807,66 @@ class Simulator:
         self.rest_stats["snapshots"] += 1
         return web.Response(body=body, content_type="application/json")
 
+    # -- signed endpoints (orders.py) --------------------------------------------------------------
+    async def _signed(self, request: web.Request) -> web.StreamResponse:
+        """One SIGNED REST request: authenticate, apply an order fault if one is due, run the operation."""
+        op = REST_ROUTES[(request.method, request.path)]
+        raw_body = (await request.read()).decode("utf-8", "replace") if request.method != "GET" else ""
+        fault = "ok"
+        faults = self.hub.faults
+        try:
+            req = parse_rest(request.rel_url.raw_query_string, raw_body)
+            account = self.auth.rest(request.headers.get("X-MBX-APIKEY"), req)
+            if op in ORDER_ENTRY_OPS and self._order_faults:
+                fault = self._order_faults.pop(0)
+                if fault != "ok":
+                    self.hub.fault_stats.order_faults += 1
+            if fault in ("418", "429"):  # refused before it reaches the engine
+                status, body = order_fault_body(fault, is_new_order=op == "order.place",
+                                                until_ms=self.server_ms() + faults.retry_after_s * 1000,
+                                                limit_10s=self.cfg.orders_per_10s)  # fmt: skip
+                return _json(status, body, {"Retry-After": str(faults.retry_after_s)})
+            status, body, headers = self.orders.dispatch(op, account, req.params)
+        except BinanceError as exc:
+            status, body, headers = exc.status, exc.body(), exc.headers
+        if op in ORDER_ENTRY_OPS:
+            if fault == "drop":  # it happened; the client never hears of it
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=200)
+            if fault == "hang":
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), faults.order_hang_s)
+                except asyncio.TimeoutError:
+                    pass
+                if self._stopping.is_set() and request.transport is not None:
+                    request.transport.abort()
+                status, body = order_fault_body("hang", is_new_order=op == "order.place")
+                return _json(status, body, {})
+            if fault not in ("ok", "418", "429"):  # a 5xx: it happened, the answer says unknown
+                status, body = order_fault_body(fault, is_new_order=op == "order.place")
+                return _json(status, body, {})
+            if faults.order_ack_delay_ms:
+                await asyncio.sleep(faults.order_ack_delay_ms / 1000.0)
+        return _json(status, body, headers)
+
     # -- control --------------------------------------------------------------------------------
+    async def _sim_accounts(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.orders.summary()), content_type="application/json")
+
+    async def _sim_balance(self, request: web.Request) -> web.Response:
+        try:
+            req = orjson.loads(await request.read())
+            account, asset, delta = req["account"], req["asset"], to_fixed(str(req["delta"]), allow_negative=True)
+            if account not in self.orders.accounts:
+                raise KeyError(account)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"expected {{account, asset, delta}}: {exc!r}"}, status=400)
+        if not self.orders.adjust_balance(account, asset, delta):
+            return web.json_response({"error": "the balance would go negative"}, status=400)
+        return web.Response(body=orjson.dumps(self.orders.summary()["accounts"][account]),
+                            content_type="application/json")  # fmt: skip
+
     async def _sim_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
 
