@@ -209,9 +209,11 @@ def load_keys(accounts: Iterable[AccountConfig], environ: Mapping[str, str] | No
                 except OSError as exc:
                     raise ConfigError(f"{p}.api_secret_env", f"{acc.api_secret_env} holds neither a PEM public key "
                                                              f"nor a readable file path: {exc.strerror}") from exc
+            from cryptography.exceptions import UnsupportedAlgorithm
+
             try:
                 store.add(ed25519_credential(acc.name, key, pem))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
                 raise ConfigError(f"{p}.api_secret_env", f"{acc.api_secret_env}: not an Ed25519 public key in PEM "
                                                          f"({type(exc).__name__})") from exc
         log.info("account %r: %s key from %s", acc.name, acc.key_type, acc.api_key_env)

@@ -627,27 +627,40 @@ def test_resting_order_fills_when_the_generated_market_trades_through_it(env_key
         events: list[dict] = []
         sim.orders.add_listener("main", events.append)
         book = await depth(http)
-        bid = D(book["bids"][0][0])
-        st, _, order = await c.order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.002",
-                                     price=str(bid), newClientOrderId="joiner")
-        assert st == 200 and order["status"] == "NEW", order
+        placed = []
+        for side, px in (("BUY", book["bids"][0][0]), ("SELL", book["asks"][0][0])):  # whichever way it moves
+            st, _, order = await c.order(symbol="BTCUSDT", side=side, type="LIMIT", timeInForce="GTC",
+                                         quantity="0.002", price=px, newClientOrderId=f"join-{side}")
+            assert st == 200 and order["status"] == "NEW", order
+            placed.append(order)
         state = {}
 
         async def filled():
-            state["o"] = await c.ok("GET", "/api/v3/order", {"symbol": "BTCUSDT", "origClientOrderId": "joiner"})
-            return state["o"]["status"] == "FILLED"
+            for o in placed:
+                state["o"] = await c.ok("GET", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": o["orderId"]})
+                if state["o"]["status"] == "FILLED":
+                    return o
+            return None
 
         deadline = time.monotonic() + 2 * DEADLINE
-        while not await filled():
+        while (order := await filled()) is None:
             assert time.monotonic() < deadline, f"not filled: {state['o']}"
             await asyncio.sleep(0.05)
         trades = await c.ok("GET", "/api/v3/myTrades", {"symbol": "BTCUSDT", "orderId": order["orderId"]})
+        events = [e for e in events if e["e"] != "executionReport" or e["i"] == order["orderId"]]
         return order, state["o"], trades, events, (await http.get("/sim/accounts")).json()
 
     order, final, trades, events, summary = running(body, rate=20000)
     assert final["executedQty"] == "0.00200000" and D(final["cummulativeQuoteQty"]) == D(order["price"]) * D("0.002")
     assert all(t["isMaker"] and t["price"] == order["price"] for t in trades)
-    assert sum(D(t["commission"]) for t in trades) == D("0.002") * D("0.001"), "maker fee in the base asset"
+    import math
+
+    def ceil8(x: Decimal) -> Decimal:  # the venue rounds each fill's commission up to 1e-8
+        return D(math.ceil(x * 10**8)) / 10**8
+
+    base = [D(t["qty"]) for t in trades] if order["side"] == "BUY" else [D(t["quoteQty"]) for t in trades]
+    assert [D(t["commission"]) for t in trades] == [ceil8(x * D("0.001")) for x in base], "maker fee, received asset"
+    assert {t["commissionAsset"] for t in trades} == {"BTC" if order["side"] == "BUY" else "USDT"}
     reports = [e for e in events if e["e"] == "executionReport"]
     assert [r["x"] for r in reports][0] == "NEW" and reports[-1]["X"] == "FILLED" and reports[-1]["m"] is True
     assert any(e["e"] == "outboundAccountPosition" for e in events)
@@ -863,15 +876,26 @@ def test_orders_match_against_the_replayed_book(shared_data, env_keys):
             book = sim.orders.venues["ETHUSDT"].book
             before = book.best()
             st, _, order = await c.order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity="0.01")
+            # the recording trades from 2679.00 to 2685.37: both sides of the touch get traded through
+            bid, ask = snap["bids"][0][0], snap["asks"][0][0]
+            rest = [await c.ok("POST", "/api/v3/order", {"symbol": "ETHUSDT", "side": side, "type": "LIMIT",
+                                                          "timeInForce": "GTC", "quantity": "0.01", "price": px})
+                    for side, px in (("BUY", bid), ("SELL", ask))]
             async with aiohttp.ClientSession() as s:  # a subscriber starts the replay
                 async with s.ws_connect(f"{sim.ws_url}/ws/ethusdt@trade"):
                     await wait_until(lambda: sim.source.done, "the replay to finish")
-            return ask0, before, st, order, book.last_update_id, snap["lastUpdateId"]
+            final = [await c.ok("GET", "/api/v3/order", {"symbol": "ETHUSDT", "orderId": o["orderId"]}) for o in rest]
+            trades = await c.ok("GET", "/api/v3/myTrades", {"symbol": "ETHUSDT"})
+            return ask0, before, st, order, book.last_update_id, snap["lastUpdateId"], final, trades
 
-    ask0, before, st, order, last_u, snap_u = arun(main())
+    ask0, before, st, order, last_u, snap_u, final, trades = arun(main())
     assert st == 200 and order["status"] == "FILLED"
     assert D(order["fills"][0]["price"]) == ask0 and before[1] == to_fixed(str(ask0))
     assert last_u > snap_u, "the replayed diffs kept the order side's book"
+    assert [o["status"] for o in final] == ["FILLED", "FILLED"], "resting orders filled by the replayed market"
+    makers = [t for t in trades if t["isMaker"]]
+    assert {(t["isBuyer"], D(t["price"])) for t in makers} == {(True, D(final[0]["price"])),
+                                                             (False, D(final[1]["price"]))}
 
 
 # ---------------------------------------------------------------------------------------------
