@@ -808,6 +808,19 @@ class Simulator:
         return web.Response(body=body, content_type="application/json")
 
     # -- signed endpoints (orders.py) --------------------------------------------------------------
+    def next_order_fault(self, op: str) -> str:
+        """The order fault due for an authenticated request of ``op`` ("ok" when none; faults.py).
+
+        Order entry over any transport takes from the one ``order_fault_sequence``
+        (the WS API calls this too).
+        """
+        if op not in ORDER_ENTRY_OPS or not self._order_faults:
+            return "ok"
+        fault = self._order_faults.pop(0)
+        if fault != "ok":
+            self.hub.fault_stats.order_faults += 1
+        return fault
+
     async def _signed(self, request: web.Request) -> web.StreamResponse:
         """One SIGNED REST request: authenticate, apply an order fault if one is due, run the operation."""
         op = REST_ROUTES[(request.method, request.path)]
@@ -817,10 +830,7 @@ class Simulator:
         try:
             req = parse_rest(request.rel_url.raw_query_string, raw_body)
             account = self.auth.rest(request.headers.get("X-MBX-APIKEY"), req)
-            if op in ORDER_ENTRY_OPS and self._order_faults:
-                fault = self._order_faults.pop(0)
-                if fault != "ok":
-                    self.hub.fault_stats.order_faults += 1
+            fault = self.next_order_fault(op)
             if fault in ("418", "429"):  # refused before it reaches the engine
                 status, body = order_fault_body(fault, is_new_order=op == "order.place",
                                                 until_ms=self.server_ms() + faults.retry_after_s * 1000,

@@ -724,7 +724,7 @@ def _reference_balances(svc: OrderService, initial: dict[str, dict[str, str]]) -
     return out
 
 
-def _service(seed: int, fees: FeeConfig | None = None, accounts=None):
+def _service(seed: int, fees: FeeConfig | None = None, accounts=None, queue_model: str = "trade_through"):
     cfg = SimulatorConfig.from_dict({"seed": seed, "depth_levels": 60, "rate": 20000})
     gen = MarketGenerator(specs(cfg), seed=seed, rate=20000, depth_levels=60)
     initial = accounts or {"a": {"USDT": "50000", "BTC": "1", "ETH": "10", "BNB": "0.01"},
@@ -733,7 +733,7 @@ def _service(seed: int, fees: FeeConfig | None = None, accounts=None):
     clock = {"ms": 1_700_000_000_000}
     svc = OrderService(specs=specs(cfg), books={s: GeneratedBook(b) for s, b in gen.books.items()},
                        ledger=Ledger(accs), accounts=list(initial), fees=fees or FeeConfig(),
-                       clock_ms=lambda: clock["ms"], max_open_orders=20)
+                       clock_ms=lambda: clock["ms"], max_open_orders=20, queue_model=queue_model)
     return svc, gen, clock, initial
 
 
@@ -781,11 +781,11 @@ def _run_actions(svc, gen, clock, actions):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**16), actions=ACTIONS, bnb=st.booleans())
-def test_random_order_sequences_conserve_every_asset_exactly(seed, actions, bnb):
+@given(seed=st.integers(0, 2**16), actions=ACTIONS, bnb=st.booleans(), queue=st.booleans())
+def test_random_order_sequences_conserve_every_asset_exactly(seed, actions, bnb, queue):
     fees = FeeConfig.from_dict({"maker": "0.00075", "taker": "0.001", "asset": "BNB",
                                 "asset_prices": {"USDT": "600"}}) if bnb else FeeConfig()
-    svc, gen, clock, initial = _service(seed, fees)
+    svc, gen, clock, initial = _service(seed, fees, queue_model="queue_position" if queue else "trade_through")
     _run_actions(svc, gen, clock, actions)
     assert svc.ledger.conservation_errors() == []
     ref = _reference_balances(svc, initial)
