@@ -104,3 +104,6 @@ def warm(config: Any) -> None:
                                                                   "bookTicker")}
     for i in range(3):
         builder.build(gen.step(i * gen.tick_ms), i * gen.tick_ms, wanted)
+    from processes.simulator import orders
+
+    orders.warm()  # the order side's matching kernels

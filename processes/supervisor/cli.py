@@ -25,6 +25,48 @@ def _validate_simulator(cfg) -> None:
     SimulatorConfig.from_dict(cfg.simulator, "simulator")
 
 
+def _sim_keys(cfg, environ=None) -> list[str]:
+    """Sim mode: give every HMAC simulator account whose two variables are unset a random pair for this run.
+
+    The pair goes into this process's environment before anything is spawned,
+    so the simulator and the stage processes inherit the same one (execution
+    signs with it). Nothing is logged but the variable names, and nothing is
+    persisted: the simulator keeps its accounts in memory. One variable set
+    without the other is a config error (exit 2) rather than a guess; an
+    Ed25519 account needs its public key provided (the simulator refuses to
+    start without it). Returns the variables it set.
+    """
+    import secrets
+
+    from core.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    if not cfg.simulator_enabled:
+        return []
+    raw = cfg.simulator.get("accounts") if isinstance(cfg.simulator, dict) else None
+    accounts = raw if isinstance(raw, list) else [{"name": "main", "api_key_env": "BINANCE_SIM_API_KEY",
+                                                   "api_secret_env": "BINANCE_SIM_API_SECRET"}]
+    made = []
+    for i, acc in enumerate(accounts):
+        if not isinstance(acc, dict) or acc.get("key_type", "hmac") != "hmac":
+            continue
+        k_env = acc.get("api_key_env", "BINANCE_SIM_API_KEY")
+        s_env = acc.get("api_secret_env", "BINANCE_SIM_API_SECRET")
+        if not isinstance(k_env, str) or not isinstance(s_env, str):
+            continue  # the simulator's own validation names it
+        have_k, have_s = bool(env.get(k_env)), bool(env.get(s_env))
+        if have_k and have_s:
+            continue
+        if have_k != have_s:
+            missing = s_env if have_k else k_env
+            raise ConfigError(f"simulator.accounts[{i}]", f"{k_env if have_k else s_env} is set but {missing} is "
+                                                          "not: set both, or neither for a generated pair")
+        env[k_env] = secrets.token_hex(32)
+        env[s_env] = secrets.token_hex(32)
+        made += [k_env, s_env]
+    return made
+
+
 def _validate_signal(cfg) -> None:
     """Strategies, feature parameters and the model file (with its feature contract) before anything starts."""
     from processes.signal import validate
@@ -56,6 +98,7 @@ def main(argv=None) -> int:
     log = logging.getLogger("ringtrader.supervisor")
     try:
         cfg = load_config(args.config)
+        generated = _sim_keys(cfg)
         _validate_simulator(cfg)
         _validate_signal(cfg)
     except ConfigError as exc:
@@ -70,6 +113,8 @@ def main(argv=None) -> int:
     log.info("starting", extra={"config": cfg.source_path, "instance": cfg.instance, "mode": cfg.mode,
                                 "pid": os.getpid(), "placement": {n: list(p.stages) for n, p in cfg.placement.items()
                                                                   if p.stages}})
+    if generated:
+        log.info("generated a simulator key pair for this run", extra={"variables": generated})
     sup = Supervisor(cfg, sink)
     code = sup.run(args.duration)
     summary = sup.final
