@@ -11,7 +11,7 @@ Example (all keys optional)::
     "simulator": {
       "host": "127.0.0.1", "port": 9010, "seed": 42, "rate": 2000,
       "depth_levels": 1000, "tick_ms": 100,
-      "ping_interval_s": 20, "pong_timeout_s": 60,
+      "ping_interval_s": 20, "pong_timeout_s": 60, "ws_api_max_lifetime_s": 86400,
       "weight_limit_per_minute": 6000, "ban_after_429s": 3, "ban_s": 120,
       "replay": [], "replay_speed": 1.0,
       "symbols": {"BTCUSDT": {"tick_size": "0.01", "step_size": "0.00001", "start_price": "60000"}},
@@ -118,6 +118,8 @@ class FaultConfig:
     order_hang_s: float = 15.0  # "hang": the answer (a 504 -1007) is held this long, past a client's timeout
     order_ack_delay_ms: int = 0  # every order-entry answer is sent this late (the order is live at once)
     clock_skew_ms: int = 0  # the REST server clock runs this far ahead (< 0: behind) of the host clock
+    user_event_duplicate_probability: float = 0.0  # WS API: chance to send a user-data event frame twice
+    user_event_reorder_probability: float = 0.0  # WS API: chance to hold a user-data event behind the next one
 
     KEYS = frozenset(
         {
@@ -125,7 +127,8 @@ class FaultConfig:
             "duplicate_probability", "reorder_probability", "malformed_probability",
             "snapshot_delay_ms", "snapshot_fail_count", "snapshot_fail_status",
             "rest_status_sequence", "retry_after_s", "order_fault_sequence", "order_hang_s",
-            "order_ack_delay_ms", "clock_skew_ms",
+            "order_ack_delay_ms", "clock_skew_ms", "user_event_duplicate_probability",
+            "user_event_reorder_probability",
         }
     )  # fmt: skip
 
@@ -164,6 +167,8 @@ class FaultConfig:
             order_hang_s=_num(d, "order_hang_s", path, 15.0, lo=0.0, hi=3600.0),
             order_ack_delay_ms=_num(d, "order_ack_delay_ms", path, 0, kind=int, lo=0, hi=600_000),
             clock_skew_ms=_num(d, "clock_skew_ms", path, 0, kind=int, lo=-MAX_SKEW_MS, hi=MAX_SKEW_MS),
+            user_event_duplicate_probability=_prob(d, "user_event_duplicate_probability", path),
+            user_event_reorder_probability=_prob(d, "user_event_reorder_probability", path),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +216,7 @@ class SimulatorConfig:
     wire_decimals: int = 8  # decimals of prices/qtys on the wire (Binance Spot sends 8)
     ping_interval_s: float = 20.0  # server WS ping period (Binance: 20 s)
     pong_timeout_s: float = 60.0  # close a connection whose pong is this late (Binance: 1 min)
+    ws_api_max_lifetime_s: float = 86_400.0  # a /ws-api/v3 connection is closed (1001) after this (Binance: 24 h)
     weight_limit_per_minute: int = 6000  # REQUEST_WEIGHT per IP per minute; beyond -> 429
     ban_after_429s: int = 3  # answer 418 after this many 429s in one window (0 = never ban)
     ban_s: int = 120  # duration of a 418 ban (Retry-After)
@@ -229,7 +235,7 @@ class SimulatorConfig:
     KEYS = frozenset(
         {
             "host", "port", "seed", "rate", "depth_levels", "tick_ms", "wire_decimals",
-            "ping_interval_s", "pong_timeout_s", "weight_limit_per_minute", "ban_after_429s",
+            "ping_interval_s", "pong_timeout_s", "ws_api_max_lifetime_s", "weight_limit_per_minute", "ban_after_429s",
             "ban_s", "max_client_queue", "replay", "replay_speed", "symbols", "faults",
             "accounts", "fees", "orders_per_10s", "orders_per_day", "max_open_orders", "queue_model",
         }
@@ -264,6 +270,7 @@ class SimulatorConfig:
             wire_decimals=_num(d, "wire_decimals", path, 8, kind=int, lo=0, hi=8),
             ping_interval_s=_num(d, "ping_interval_s", path, 20.0, lo=0.0, lo_open=True),
             pong_timeout_s=_num(d, "pong_timeout_s", path, 60.0, lo=0.0, lo_open=True),
+            ws_api_max_lifetime_s=_num(d, "ws_api_max_lifetime_s", path, 86_400.0, lo=0.0, lo_open=True),
             weight_limit_per_minute=_num(d, "weight_limit_per_minute", path, 6000, kind=int, lo=1),
             ban_after_429s=_num(d, "ban_after_429s", path, 3, kind=int, lo=0),
             ban_s=_num(d, "ban_s", path, 120, kind=int, lo=1),

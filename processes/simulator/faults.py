@@ -44,6 +44,26 @@ Order-entry faults (POST /api/v3/order, DELETE /api/v3/order, DELETE
   transactTime and the timestamp/recvWindow check) runs this far ahead of the
   host clock (negative: behind). A client that does not sync gets -1021;
   market-stream times stay on the host clock.
+
+WebSocket API (``/ws-api/v3``, wsapi.py; its docstring says what a client sees):
+- order_fault_sequence applies to ``order.place``, ``order.cancel`` and
+  ``openOrders.cancelAll`` sent over the WS API too, from the same sequence
+  (one entry per request, whichever transport): "drop" executes the request
+  and aborts the connection before its response (its user-data events are
+  not delivered on that connection either); "hang" holds the response
+  ``order_hang_s`` then answers 504 -1007; "5xx" answers that status with
+  REST's code; "429"/"418" refuse it (``error.data.retryAfter``), a 418
+  also closes the connection; order_ack_delay_ms delays the response (not
+  the events); clock_skew_ms moves the WS API's clock too.
+- user_event_duplicate_probability: a user-data event frame is sent twice
+  in a row (byte-identical).
+- user_event_reorder_probability: a user-data event frame is held back and
+  sent after the connection's next event frame (or at the end of the burst
+  of events it belongs to, possibly after the response that caused it).
+  Both draw from a per-connection ``random.Random`` seeded by (seed,
+  connection number); probability 1 is deterministic (every event doubled;
+  every pair of events swapped).
+- rest_status_sequence and the market-stream faults above do not apply.
 """
 
 from __future__ import annotations

@@ -15,13 +15,15 @@ REST (Binance bodies, X-MBX-USED-WEIGHT-1M on every answer, 429/418 + Retry-Afte
   POST /api/v3/order, /api/v3/order/test; GET/DELETE /api/v3/order;
   GET/DELETE /api/v3/openOrders; GET /api/v3/allOrders, /api/v3/myTrades,
   /api/v3/account, /api/v3/rateLimit/order
+WebSocket API (wsapi.py: order entry, queries, session.logon, the user data stream)
+  /ws-api/v3[?returnRateLimits=false]
 Control (not rate limited, not faulted; for tests and operators)
   GET  /sim/stats                   counters as JSON
   GET  /sim/accounts                balances, fees collected, conservation check
   POST /sim/balance                 {"account", "asset", "delta"}: deposit/withdraw (balanceUpdate event)
   POST /sim/fault                   JSON object merged into the fault config
-  POST /sim/shutdown_notice         send serverShutdown to every WS client
-  POST /sim/disconnect              drop every WS connection now
+  POST /sim/shutdown_notice         send serverShutdown to every WS client (streams and WS API)
+  POST /sim/disconnect              drop every WS connection now (streams and WS API)
   POST /sim/pause, /sim/resume      freeze / resume the generated market (diffs
                                     still flush, so a client can catch up to a snapshot)
 
@@ -73,6 +75,7 @@ from processes.simulator.orders import (
 from processes.simulator import market_kernels as mk
 from processes.simulator.market import MarketGenerator, SymbolFlow
 from processes.simulator.streams import StreamBuilder, canonical_stream, is_depth_stream, snapshot_payload
+from processes.simulator.wsapi import WS_API_PATH, WsApi
 
 log = logging.getLogger("ringtrader.simulator")
 
@@ -524,6 +527,7 @@ class Simulator:
         self._order_faults: list[str] = list(cfg.faults.order_fault_sequence)
         self._stopping = asyncio.Event()  # ends held ("hang") answers at stop
         self._make_order_side()
+        self.wsapi = WsApi(self)  # /ws-api/v3 connections (on the order side and this clock)
         self._rest_faults: list[int] = list(cfg.faults.rest_status_sequence)
         self._snapshot_failures_left = cfg.faults.snapshot_fail_count
         self.rest_stats = {"requests": 0, "429": 0, "418": 0, "snapshots": 0}
@@ -593,6 +597,7 @@ class Simulator:
                 await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
             except (ConnectionError, RuntimeError) as exc:
                 log.debug("close on stop failed: %r", exc)
+        await self.wsapi.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -620,6 +625,7 @@ class Simulator:
             "rest": dict(self.rest_stats),
             "orders": {**self.orders.stats, "open_orders": sum(v.engine.n_live for v in self.orders.venues.values()),
                        "auth": dict(self.auth.stats)},
+            "ws_api": self.wsapi.stats_dict(),
             **self.source.stats(),
         }
 
@@ -643,6 +649,7 @@ class Simulator:
         app.router.add_get("/ws", self._ws_raw)
         app.router.add_get("/ws/{streams:.+}", self._ws_raw)
         app.router.add_get("/stream", self._ws_combined)
+        app.router.add_get(WS_API_PATH, self.wsapi.handle)
         app.router.add_get("/api/v3/ping", self._ping)
         app.router.add_get("/api/v3/time", self._time)
         app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
@@ -894,10 +901,10 @@ class Simulator:
         return web.json_response(faults.to_dict())
 
     async def _sim_shutdown_notice(self, request: web.Request) -> web.Response:
-        return web.json_response({"notified": self.hub.shutdown_notice()})
+        return web.json_response({"notified": self.hub.shutdown_notice() + self.wsapi.shutdown_notice()})
 
     async def _sim_disconnect(self, request: web.Request) -> web.Response:
-        return web.json_response({"disconnected": self.hub.disconnect_all()})
+        return web.json_response({"disconnected": self.hub.disconnect_all() + self.wsapi.disconnect_all()})
 
     async def _sim_pause(self, request: web.Request) -> web.Response:
         if not hasattr(self.source, "paused"):
