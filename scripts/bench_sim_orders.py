@@ -1,7 +1,7 @@
-"""Benchmark the simulator's order entry over REST on loopback (a benchmark, not a test).
+"""Benchmark the simulator's order entry over REST or the WebSocket API on loopback (a benchmark, not a test).
 
     python scripts/bench_sim_orders.py [--seconds 5] [--concurrency 8] [--rate 2000] [--client httpx|aiohttp]
-                                       [--json]
+                                       [--api rest|ws] [--ws-sessions 2] [--ws-inflight 8] [--json]
 
 Starts ``python -m processes.simulator`` in its own process (a random HMAC key
 pair in its environment, order limits lifted) and drives it with signed
@@ -22,6 +22,18 @@ the simulator's event loop with the orders). ``httpx`` (the default) is what
 the brief asked for; its per-request cost in the client is several times the
 simulator's, so ``--client aiohttp`` shows more of what the server sustains.
 Both run in this one process, on the same host as the simulator.
+
+``--api ws``: the same three phases over ``/ws-api/v3`` (wsapi.py). The
+simulator's account gets a random Ed25519 key; each session logs on once
+(``session.logon``) and then sends ``order.place`` / ``order.cancel`` with
+a ``timestamp`` and no signature, as a logged-on Binance client does:
+
+1. ``latency``: one session, one order at a time: order -> response round
+   trip (client clock, JSON encoding and decoding included).
+2. ``throughput``: ``--ws-sessions`` sessions with ``--ws-inflight``
+   requests in flight each (pipelined, matched by ``id``), for
+   ``--seconds``: orders/s sustained and the simulator's CPU use.
+3. ``place+cancel``: one session, resting LIMIT then its cancel by orderId.
 """
 
 from __future__ import annotations
@@ -53,9 +65,13 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def start_simulator(rate: float, key: str, secret: str) -> tuple[subprocess.Popen, str]:
+def start_simulator(rate: float, key: str, secret: str, key_type: str = "hmac") -> tuple[subprocess.Popen, str]:
+    """``secret``: the HMAC secret, or for ``key_type="ed25519"`` the account's public key PEM."""
     cfg = {"simulator": {"port": 0, "rate": rate, "orders_per_10s": 10**9, "orders_per_day": 10**12,
                          "weight_limit_per_minute": 10**9, "max_open_orders": 10_000}}
+    if key_type != "hmac":
+        cfg["simulator"]["accounts"] = [{"name": "main", "key_type": key_type,
+                                         "balances": {"USDT": "1000000", "BTC": "10", "ETH": "100"}}]
     fd, path = tempfile.mkstemp(suffix=".json", prefix="bench-sim-")
     with os.fdopen(fd, "w") as fh:
         json.dump(cfg, fh)
@@ -191,19 +207,151 @@ async def run(args) -> dict:
     return out
 
 
+class WsSession:
+    """One logged-on WS API connection; ``call`` sends a request and waits for the response with its id."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.waiters: dict[int, asyncio.Future] = {}
+        self.next_id = 0
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        import aiohttp
+        import orjson
+
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                d = orjson.loads(msg.data)
+                fut = self.waiters.pop(d.get("id"), None)
+                if fut is not None:
+                    fut.set_result(d)
+        for fut in self.waiters.values():
+            fut.set_exception(ConnectionError("WS API connection closed"))
+
+    async def call(self, method: str, params: dict) -> dict:
+        import orjson
+
+        self.next_id += 1
+        rid = self.next_id
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[rid] = fut
+        await self.ws.send_str(orjson.dumps({"id": rid, "method": method, "params": params}).decode())
+        return await fut
+
+    async def order(self, method: str, params: dict) -> dict:
+        r = await self.call(method, {**params, "timestamp": time.time_ns() // 1_000_000})
+        if r["status"] != 200:
+            raise RuntimeError(f"{method}: {r}")
+        return r["result"]
+
+
+async def ws_logon(http, ws_url: str, key: str, private_key) -> WsSession:
+    from processes.simulator.auth import sign_payload, ws_payload
+
+    s = WsSession(await http.ws_connect(f"{ws_url}/ws-api/v3?returnRateLimits=false"))
+    params = {"apiKey": key, "timestamp": time.time_ns() // 1_000_000}
+    params["signature"] = sign_payload(ws_payload(params), private_key=private_key)
+    r = await s.call("session.logon", params)
+    if r["status"] != 200:
+        raise RuntimeError(f"session.logon: {r}")
+    return s
+
+
+async def run_ws(args) -> dict:
+    import aiohttp
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key, priv = secrets.token_hex(32), Ed25519PrivateKey.generate()
+    pem = priv.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    proc, url = start_simulator(args.rate, key, pem, key_type="ed25519")
+    ws_url = url.replace("http://", "ws://", 1)
+    out: dict = {"host": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                 "rate_events_s": args.rate, "seconds": args.seconds, "api": "ws", "ws_sessions": args.ws_sessions,
+                 "ws_inflight": args.ws_inflight}
+    try:
+        async with aiohttp.ClientSession() as http:
+            price = far_price(url)
+            s = await ws_logon(http, ws_url, key, priv)
+            for _ in range(200):  # warm-up
+                await s.order("order.place", ioc_order(price))
+            # 1. latency
+            lat = []
+            end = time.monotonic() + args.seconds
+            while time.monotonic() < end:
+                t0 = time.perf_counter_ns()
+                await s.order("order.place", ioc_order(price))
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+            lat.sort()
+            out["latency_us"] = {"n": len(lat), "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99),
+                                 "max": lat[-1]}
+            # 2. throughput: sessions x in-flight requests each
+            sessions = [s] + [await ws_logon(http, ws_url, key, priv) for _ in range(args.ws_sessions - 1)]
+            done = [0]
+            errors = [0]
+
+            async def worker(sess: WsSession, stop: float):
+                while time.monotonic() < stop:
+                    r = await sess.call("order.place", {**ioc_order(price), "timestamp": time.time_ns() // 1_000_000})
+                    done[0] += 1
+                    errors[0] += r["status"] != 200
+
+            cpu0, w0 = _cpu_ticks(proc.pid), time.monotonic()
+            stop = w0 + args.seconds
+            await asyncio.gather(*(worker(x, stop) for x in sessions for _ in range(args.ws_inflight)))
+            wall = time.monotonic() - w0
+            cpu = (_cpu_ticks(proc.pid) - cpu0) / os.sysconf("SC_CLK_TCK")
+            out["throughput"] = {"orders": done[0], "errors": errors[0], "orders_per_s": done[0] / wall,
+                                 "sim_cpu_pct": 100 * cpu / wall, "sim_cpu_us_per_order": 1e6 * cpu / max(1, done[0])}
+            # 3. place + cancel
+            pairs = 0
+            end = time.monotonic() + args.seconds
+            t0 = time.monotonic()
+            while time.monotonic() < end:
+                placed = await s.order("order.place", {**ioc_order(price), "timeInForce": "GTC"})
+                await s.order("order.cancel", {"symbol": "BTCUSDT", "orderId": placed["orderId"]})
+                pairs += 1
+            out["place_cancel"] = {"pairs": pairs, "pairs_per_s": pairs / (time.monotonic() - t0)}
+            for x in sessions:
+                await x.ws.close()
+            stats = httpx.get(f"{url}/sim/stats").json()
+            out["sim_orders"] = stats.get("orders", {})
+            out["sim_ws_api"] = stats.get("ws_api", {})
+            out["sim_lag_resets"] = stats.get("lag_resets")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each phase")
     p.add_argument("--concurrency", type=int, default=8, help="connections in the throughput phase")
     p.add_argument("--rate", type=float, default=2000.0, help="generated market events/s meanwhile")
-    p.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx", help="HTTP client library")
+    p.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx", help="HTTP client library (REST)")
+    p.add_argument("--api", choices=("rest", "ws"), default="rest", help="REST or the WebSocket API (logged on)")
+    p.add_argument("--ws-sessions", type=int, default=2, help="WS API sessions in the throughput phase")
+    p.add_argument("--ws-inflight", type=int, default=8, help="requests in flight per WS API session")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args()
-    res = asyncio.run(run(args))
+    res = asyncio.run(run_ws(args) if args.api == "ws" else run(args))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     lat, thr, pc = res["latency_us"], res["throughput"], res["place_cancel"]
+    if args.api == "ws":
+        print(f"WS API, logged on; order -> response round trip (1 session, {lat['n']} orders): p50 {lat['p50']:.0f} us, "
+              f"p90 {lat['p90']:.0f} us, p99 {lat['p99']:.0f} us, max {lat['max']:.0f} us")
+        print(f"sustained ({res['ws_sessions']} sessions x {res['ws_inflight']} in flight): "
+              f"{thr['orders_per_s']:.0f} orders/s, simulator CPU {thr['sim_cpu_pct']:.0f}% "
+              f"({thr['sim_cpu_us_per_order']:.0f} us/order), errors {thr['errors']}")
+        print(f"place + cancel (1 session): {pc['pairs_per_s']:.0f} pairs/s")
+        return 0
     print(f"client {res['client']}; order -> ack round trip (1 connection, {lat['n']} orders): p50 {lat['p50']:.0f} us, "
           f"p90 {lat['p90']:.0f} us, p99 {lat['p99']:.0f} us, max {lat['max']:.0f} us")
     print(f"sustained ({res['concurrency']} keep-alive connections): {thr['orders_per_s']:.0f} orders/s, "
