@@ -143,13 +143,44 @@ class SignalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RiskConfig:
+    """The ``risk`` section (core/risk_kernels.py documents each check, the sizing, stops and breaker)."""
+
     max_position_size: int  # absolute position limit per instrument, fixed point (base units)
     max_order_qty: int  # largest single order quantity, fixed point
     max_order_notional: int  # largest single order price*qty, fixed point (quote units)
-    max_open_orders: int  # open orders per instrument
-    max_orders_per_s: int  # order rate limit (all instruments)
-    max_daily_loss: int  # realised+unrealised loss that trips the breaker, fixed point (quote)
-    price_band_pct: float  # reject limit prices further than this from the reference price
+    max_open_orders: int  # our open orders, all instruments
+    max_orders_per_s: int  # order rate limit (all instruments), per second
+    max_daily_loss: int  # net P&L loss since the UTC day began that trips the breaker, fixed point (quote)
+    price_band_pct: float  # deny limit prices further than this from the mid (fat finger)
+    max_orders_per_10s: int = 50  # order rate per 10 s (kept below the venue's ORDERS limit)
+    max_symbol_notional: int = 1000 * 10**8  # |position| + open orders per instrument at the mid, quote
+    max_gross_notional: int = 2000 * 10**8  # the same over all instruments, quote
+    max_open_positions: int = 2  # instruments with a non-zero position
+    max_staleness_ms: int = 2000  # deny when the top is older than this (receive time)
+    max_clock_offset_ms: int = 1000  # deny when |local - venue clock| exceeds this (execution measures it)
+    max_slippage_bps: float = 50.0  # deny when the pre-trade slippage estimate exceeds this
+    impact_k: float = 0.001  # square-root impact coefficient of the slippage estimate
+    pnl_method: str = "fifo"  # fifo | lifo | average: the P&L that drives limits, stops and the breaker
+    allow_short: bool = False  # Spot: a SELL needs inventory (False caps it at the long position)
+    capital: int = 10000 * 10**8  # equity base of the drawdown breaker, quote
+    sizing_mode: str = "fixed_qty"  # fixed_qty | fixed_notional | volatility
+    sizing_qty: int = 10**5  # fixed_qty when the signal carries none (0.001)
+    sizing_notional: int = 50 * 10**8  # fixed_notional, quote
+    sizing_risk_per_trade: int = 5 * 10**8  # volatility: quote risked per trade = qty * atr_mult * ATR
+    sizing_atr_mult: float = 2.0
+    order_type: str = "market"  # market | limit_ioc | limit_gtc
+    limit_offset_bps: float = 5.0  # limit orders: price = mid +- this (towards crossing)
+    stop_loss_pct: float = 0.0  # 0 = off
+    take_profit_pct: float = 0.0  # 0 = off
+    trailing_stop_pct: float = 0.0  # 0 = off
+    trailing_stop_abs: int = 0  # fixed point price distance; 0 = off
+    max_drawdown_pct: float = 0.0  # from peak equity (capital + P&L); 0 = off
+    max_consecutive_rejects: int = 5  # venue rejects in a row; 0 = off
+    max_error_rate: float = 0.5  # rejects / outcomes over the last 20; 0 = off
+    feed_stale_ms: int = 10000  # no book record for this long; 0 = off
+    book_invalid_ms: int = 30000  # a book invalid this long; 0 = off
+    latency_spike_us: int = 0  # tick-to-order latency above this ...; 0 = off
+    latency_spikes: int = 5  # ... this many approvals in a row trips the breaker
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -508,6 +539,11 @@ def _signal(s: _Section) -> SignalConfig:
 
 
 def _risk(s: _Section) -> RiskConfig:
+    d = RiskConfig(max_position_size=1, max_order_qty=1, max_order_notional=1, max_open_orders=1,
+                   max_orders_per_s=1, max_daily_loss=1, price_band_pct=1.0)
+    sizing = s.section("sizing")
+    stops = s.section("stops")
+    breaker = s.section("breaker")
     cfg = RiskConfig(
         max_position_size=s.fixed("max_position_size"),
         max_order_qty=s.fixed("max_order_qty"),
@@ -516,7 +552,40 @@ def _risk(s: _Section) -> RiskConfig:
         max_orders_per_s=s.int("max_orders_per_s", lo=1),
         max_daily_loss=s.fixed("max_daily_loss"),
         price_band_pct=s.num("price_band_pct", 5.0, gt=0, hi=100),
+        max_orders_per_10s=s.int("max_orders_per_10s", d.max_orders_per_10s, lo=1, hi=1024),
+        max_symbol_notional=s.fixed("max_symbol_notional", "1000"),
+        max_gross_notional=s.fixed("max_gross_notional", "2000"),
+        max_open_positions=s.int("max_open_positions", d.max_open_positions, lo=1),
+        max_staleness_ms=s.int("max_staleness_ms", d.max_staleness_ms, lo=1),
+        max_clock_offset_ms=s.int("max_clock_offset_ms", d.max_clock_offset_ms, lo=0),
+        max_slippage_bps=s.num("max_slippage_bps", d.max_slippage_bps, gt=0),
+        impact_k=s.num("impact_k", d.impact_k, lo=0),
+        pnl_method=s.str("pnl_method", d.pnl_method, choices=("fifo", "lifo", "average")),
+        allow_short=s.bool("allow_short", d.allow_short),
+        capital=s.fixed("capital", "10000"),
+        sizing_mode=sizing.str("mode", d.sizing_mode, choices=("fixed_qty", "fixed_notional", "volatility")),
+        sizing_qty=sizing.fixed("qty", "0.001"),
+        sizing_notional=sizing.fixed("notional", "50"),
+        sizing_risk_per_trade=sizing.fixed("risk_per_trade", "5"),
+        sizing_atr_mult=sizing.num("atr_mult", d.sizing_atr_mult, gt=0),
+        order_type=s.str("order_type", d.order_type, choices=("market", "limit_ioc", "limit_gtc")),
+        limit_offset_bps=s.num("limit_offset_bps", d.limit_offset_bps, lo=0, hi=1000),
+        stop_loss_pct=stops.num("stop_loss_pct", 0.0, lo=0, hi=100),
+        take_profit_pct=stops.num("take_profit_pct", 0.0, lo=0, hi=1000),
+        trailing_stop_pct=stops.num("trailing_stop_pct", 0.0, lo=0, hi=100),
+        trailing_stop_abs=stops.fixed("trailing_stop_abs", "0", positive=False),
+        max_drawdown_pct=breaker.num("max_drawdown_pct", 0.0, lo=0, hi=100),
+        max_consecutive_rejects=breaker.int("max_consecutive_rejects", d.max_consecutive_rejects, lo=0),
+        max_error_rate=breaker.num("max_error_rate", d.max_error_rate, lo=0, hi=1),
+        feed_stale_ms=breaker.int("feed_stale_ms", d.feed_stale_ms, lo=0),
+        book_invalid_ms=breaker.int("book_invalid_ms", d.book_invalid_ms, lo=0),
+        latency_spike_us=breaker.int("latency_spike_us", d.latency_spike_us, lo=0),
+        latency_spikes=breaker.int("latency_spikes", d.latency_spikes, lo=1),
     )
+    if cfg.trailing_stop_abs < 0:
+        raise ConfigError(stops.p("trailing_stop_abs"), f"must be >= 0, got {cfg.trailing_stop_abs / 10**8}")
+    for sec in (sizing, stops, breaker):
+        sec.finish()
     s.finish()
     return cfg
 

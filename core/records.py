@@ -200,6 +200,7 @@ SIGNAL = _cache_aligned(
         ("confidence", "<f8"),  # analytics: in [0, 1] (core.strategies documents it per strategy)
         ("model_id", "<u4"),  # crc32 of the model file (0: no model)
         ("trigger", "u1"),  # TRIGGER_*
+        ("atr", "<f8"),  # analytics: the symbol's ATR feature when decided (NaN: not warm); risk's volatility sizing
     ],
 )
 
@@ -209,6 +210,12 @@ SIGNAL = _cache_aligned(
 ORD_NEW = 1
 ORD_CANCEL = 2
 ORD_CANCEL_ALL = 3
+ORD_DENIED = 4  # risk said no: a record of the decision (reason = core.risk_kernels.D_*), never sent to a venue
+
+ORIGIN_STRATEGY = 0
+ORIGIN_STOP = 1  # a stop-loss / take-profit / trailing exit
+ORIGIN_KILL = 2  # the kill switch / circuit breaker (cancel-all, flatten)
+ORIGIN_OPERATOR = 3  # an operator command (ctl.sh)
 
 OT_LIMIT = 1
 OT_MARKET = 2
@@ -235,7 +242,12 @@ ORDER_REQUEST = _cache_aligned(
         ("action", "u1"),  # ORD_NEW / ORD_CANCEL / ORD_CANCEL_ALL
         ("order_type", "u1"),  # OT_*
         ("tif", "u1"),  # TIF_*
-        ("origin", "u1"),  # 0 strategy, 1 stop, 2 kill switch, 3 operator
+        ("origin", "u1"),  # ORIGIN_*
+        ("reason", "<u2"),  # ORD_DENIED: the risk check that denied it (core.risk_kernels.D_*); else 0
+        ("strategy", "u1"),  # the signal's strategy id (0: not from a strategy)
+        ("reduce_only", "u1"),  # 1: may only reduce the position (exits, closes, flatten)
+        ("ref_px", "<i8"),  # arrival mid when risk decided, fixed point (slippage reference)
+        ("est_slip_bps", "<f8"),  # risk's pre-trade slippage estimate vs ref_px, bps (NaN: no depth)
     ],
 )
 
@@ -312,9 +324,10 @@ _EXPECTED = {
                          "symbol": 40, "kind": 42, "state": 43, "top_bid_px": 64, "top_ask_qty": 88,
                          "bar_vwap": 168, "d_ask_qty": 304}),
     "SIGNAL": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "symbol": 72, "side": 74, "reason": 76,
-                     "confidence": 80, "model_id": 88, "trigger": 92}),
+                     "confidence": 80, "model_id": 88, "trigger": 92, "atr": 96}),
     "ORDER_REQUEST": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "client_order_id": 32,
-                            "symbol": 80, "side": 82}),
+                            "symbol": 80, "side": 82, "origin": 86, "reason": 88, "ref_px": 96,
+                            "est_slip_bps": 104}),
     "EXEC_REPORT": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "client_order_id": 32,
                           "symbol": 96, "reject_code": 104}),
     "BENCH": (64, {"recv_ns": 0, "pub_ns": 8, "seq": 16, "checksum": 56}),

@@ -77,6 +77,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from core.features import (
+    F_ATR,
     F_BB_PCTB,
     F_CLOSE,
     F_MACD_HIST,
@@ -417,6 +418,7 @@ def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger):
     d.confidence = confidence
     d.model_id = st.model_id[s]
     d.trigger = trigger
+    d.atr = fs.feat[sym, F_ATR]
     st.sig[s, reason_slot(reason)] += 1
 
 

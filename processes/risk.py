@@ -1,143 +1,383 @@
-"""Risk stage — PASS-THROUGH until the risk issue lands.
+"""Risk stage: signals become sized, checked orders; fills become positions and P&L; stops and the breaker act.
 
-PASS-THROUGH: one ORDER_REQUEST per SIGNAL with ``action = ACTION_TRACE_PROBE``
-(0: not ORD_NEW/ORD_CANCEL/ORD_CANCEL_ALL, so no venue code acts on it) and
-zero quantity, carrying the trace; ``book`` and ``reports`` records are
-consumed and only their arrival latency is recorded. Inputs are read in a
-fixed priority inside one kernel call per duty cycle (``risk_step``):
-reports first, then book, then signals, so execution reports are always
-applied before a new signal is approved. Hops: ``signals->risk``, ``book->risk``, ``reports->risk``. The risk
-issue replaces the kernel with limits, P&L, stops and the breaker.
+One kernel call per duty cycle (``risk_step``), inputs in ``PRIORITY``
+order: every execution report it can see (fills, acks, rejects: positions
+and open orders are current before anything is decided), then the book
+(mids, depth, staleness, stops), then the breaker's conditions, then the
+signals. Every signal gives exactly one ORDER_REQUEST: an approved
+``ORD_NEW``, a trace probe passed through (action 0), or an ``ORD_DENIED``
+record with the reason (execution never sends it; the journal keeps it).
+Stops emit reduce-only exits; a breaker trip emits one ``ORD_CANCEL_ALL``
+and an alert event. The rules: ``core/risk_kernels.py``.
+
+Operator commands (``on_command``; the supervisor's control socket and
+``scripts/ctl.sh`` send them, the ``halt`` event route too): ``halt``
+(HALTED + cancel-all), ``resume`` (ACTIVE; the only way out of a breaker
+trip), ``reduce_only``, ``flatten`` (REDUCE_ONLY + an exit for every
+position), ``clock_offset`` (``offset_ms``: execution's measurement).
+
+Restart: a process restarted after a crash (incarnation > 1) comes back
+REDUCE_ONLY: its positions start flat here until execution's reconciliation
+(the execution issue) rebuilds them, so it must not open anything; an
+operator ``resume`` returns it to ACTIVE.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
+from core import filters as flt
 from core.latency import nb_record
-from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, SIGNAL
+from core.pnl import METHOD_IDS, PNL_NA, pnl_avg_entry, pnl_position, pnl_realized, pnl_realized_net, pnl_unrealized
+from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, ORIGIN_KILL, ORIGIN_OPERATOR, ORIGIN_STOP, SIGNAL
+from core.records import OT_LIMIT, OT_MARKET, TIF_GTC, TIF_IOC
+from core.risk_kernels import (
+    ACTIVE,
+    B_LATENCY,
+    B_NONE,
+    DENY_NAMES,
+    H_ALERT,
+    H_CLOCK_MS,
+    H_LAT_SPIKES,
+    H_STARTED_NS,
+    H_STATE,
+    H_TRIP,
+    HALTED,
+    N_FLIM,
+    N_LIM,
+    REDUCE_ONLY,
+    STATE_NAMES,
+    TRIP_NAMES,
+    C_APPROVED,
+    C_CANCEL_ALL,
+    C_DENIED,
+    C_EXITS,
+    C_FILLS,
+    C_PNL_REFUSED,
+    C_PROBES,
+    C_REJECTS,
+    C_REPORTS_UNKNOWN,
+    C_SIGNALS,
+    FL_ATR_MULT,
+    FL_IMPACT_K,
+    FL_LIMIT_OFFSET_BPS,
+    FL_MAX_DRAWDOWN_PCT,
+    FL_MAX_ERROR_RATE,
+    FL_MAX_SLIP_BPS,
+    FL_PRICE_BAND_PCT,
+    FL_STOP_LOSS_PCT,
+    FL_TAKE_PROFIT_PCT,
+    FL_TRAIL_PCT,
+    L_ALLOW_SHORT,
+    L_BOOK_INVALID_NS,
+    L_CAPITAL,
+    L_FEED_STALE_NS,
+    L_LATENCY_N,
+    L_LATENCY_NS,
+    L_MAX_10S,
+    L_MAX_1S,
+    L_MAX_CLOCK_MS,
+    L_MAX_DAILY_LOSS,
+    L_MAX_GROSS_NOTIONAL,
+    L_MAX_OPEN_ORDERS,
+    L_MAX_OPEN_POSITIONS,
+    L_MAX_ORDER_NOTIONAL,
+    L_MAX_ORDER_QTY,
+    L_MAX_POSITION,
+    L_MAX_REJECTS,
+    L_MAX_SYMBOL_NOTIONAL,
+    L_ORDER_TYPE,
+    L_PNL_METHOD,
+    L_RISK_PER_TRADE,
+    L_SIZING_MODE,
+    L_SIZING_NOTIONAL,
+    L_SIZING_QTY,
+    L_STALE_NS,
+    L_TIF,
+    L_TRAIL_ABS,
+    RiskState,
+    breaker_check,
+    emit_cancel_all,
+    emit_exit,
+    new_risk_state,
+    position,
+    risk_on_book,
+    risk_on_report,
+    risk_on_signal,
+    trip,
+)
 from core.topology import ring_hop
 from processes.stage import KernelStage, RingWriter, ring_in, ring_out
-from processes.stage_kernels import (
-    nb_out_publish,
-    nb_out_reserve,
-    nb_sink_ring,
-    nb_trace_bad,
-    scratch_publish,
-    scratch_ring,
-)
+from processes.stage_kernels import nb_out_publish, nb_out_reserve, nb_trace_bad, scratch_publish, scratch_ring
+from ringbuffers.clock import nb_monotonic_ns
 from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
-ACTION_TRACE_PROBE = 0
+log = logging.getLogger("ringtrader.risk")
+
 #: input priority: what risk must know (fills, then the market) before it decides on a signal
 PRIORITY = ("reports", "book", "signals")
+SIZING_MODES = {"fixed_qty": 0, "fixed_notional": 1, "volatility": 2}
+ORDER_TYPES = {"market": (OT_MARKET, 0), "limit_ioc": (OT_LIMIT, TIF_IOC), "limit_gtc": (OT_LIMIT, TIF_GTC)}
 
-K_ORDERS = 0
-K_TRACE_BAD = 1
-K_LOST = 2  # input records overrun before they were read (book under overwrite)
-K_OUT_FULL = 3  # cycles that found the orders ring full (the stage then waits with the process's idle)
-K_REPORTS = 4
-K_BOOK = 5
-K_N = 6
+K_TRACE_BAD = 0
+K_LOST = 1
+K_OUT_FULL = 2
+K_REPORTS = 3
+K_BOOK = 4
+K_N = 5
+
+# pending work flags (pend[*]): written by inputs, emitted when the orders ring has room
+P_CANCEL_ALL = 0  # origin of a cancel-all owed to execution (0: none)
+P_N = 1
 
 
-class RiskState(NamedTuple):
-    next_id: np.ndarray  # int64[1]: next client_order_id
+class StageState(NamedTuple):
+    risk: RiskState
     counters: np.ndarray  # int64[K_N]
+    pend: np.ndarray  # int64[P_N]
+    exits: np.ndarray  # int64[n_sym]: origin of an exit owed for the symbol (0: none)
     reports: np.ndarray  # EXEC_REPORT[batch]: scratch for one cycle of each input...
     book: np.ndarray  # BOOK_EVENT[batch]
     signals: np.ndarray  # SIGNAL[batch]
     hops: tuple  # latency histograms: (reports->risk, book->risk, signals->risk)
 
 
-def new_state(batch: int = 256, hops: tuple | None = None) -> RiskState:
+def limits(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's parameter arrays from the ``risk`` section."""
+    r = cfg.risk
+    lim = np.zeros(N_LIM, np.int64)
+    flim = np.zeros(N_FLIM, np.float64)
+    otype, tif = ORDER_TYPES[r.order_type]
+    for k, v in ((L_MAX_POSITION, r.max_position_size), (L_MAX_ORDER_QTY, r.max_order_qty),
+                 (L_MAX_ORDER_NOTIONAL, r.max_order_notional), (L_MAX_SYMBOL_NOTIONAL, r.max_symbol_notional),
+                 (L_MAX_GROSS_NOTIONAL, r.max_gross_notional), (L_MAX_OPEN_POSITIONS, r.max_open_positions),
+                 (L_MAX_OPEN_ORDERS, r.max_open_orders), (L_MAX_1S, r.max_orders_per_s),
+                 (L_MAX_10S, r.max_orders_per_10s), (L_STALE_NS, r.max_staleness_ms * 1_000_000),
+                 (L_MAX_CLOCK_MS, r.max_clock_offset_ms), (L_SIZING_MODE, SIZING_MODES[r.sizing_mode]),
+                 (L_SIZING_QTY, r.sizing_qty), (L_SIZING_NOTIONAL, r.sizing_notional),
+                 (L_RISK_PER_TRADE, r.sizing_risk_per_trade), (L_ORDER_TYPE, otype), (L_TIF, tif),
+                 (L_PNL_METHOD, METHOD_IDS[r.pnl_method]), (L_ALLOW_SHORT, int(r.allow_short)),
+                 (L_MAX_DAILY_LOSS, r.max_daily_loss), (L_CAPITAL, r.capital),
+                 (L_MAX_REJECTS, r.max_consecutive_rejects), (L_FEED_STALE_NS, r.feed_stale_ms * 1_000_000),
+                 (L_BOOK_INVALID_NS, r.book_invalid_ms * 1_000_000), (L_LATENCY_NS, r.latency_spike_us * 1000),
+                 (L_LATENCY_N, r.latency_spikes), (L_TRAIL_ABS, r.trailing_stop_abs)):
+        lim[k] = v
+    for k, v in ((FL_PRICE_BAND_PCT, r.price_band_pct), (FL_MAX_SLIP_BPS, r.max_slippage_bps),
+                 (FL_IMPACT_K, r.impact_k), (FL_ATR_MULT, r.sizing_atr_mult),
+                 (FL_LIMIT_OFFSET_BPS, r.limit_offset_bps), (FL_STOP_LOSS_PCT, r.stop_loss_pct),
+                 (FL_TAKE_PROFIT_PCT, r.take_profit_pct), (FL_TRAIL_PCT, r.trailing_stop_pct),
+                 (FL_MAX_DRAWDOWN_PCT, r.max_drawdown_pct), (FL_MAX_ERROR_RATE, r.max_error_rate)):
+        flim[k] = v
+    return lim, flim
+
+
+def filter_table(cfg) -> np.ndarray:
+    """The venue filters of every instrument (``core.filters`` table), from the config's values.
+
+    Used until the supervisor resolves exchangeInfo at start: tick (PRICE_FILTER), lot step (LOT_SIZE and
+    MARKET), min notional (MIN_NOTIONAL, applied to MARKET too); every order type allowed.
+    """
+    t = np.zeros((len(cfg.instruments), flt.N_COLS), np.int64)
+    for i, inst in enumerate(cfg.instruments):
+        t[i, flt.C_TICK] = inst.tick_size
+        t[i, flt.C_STEP] = inst.lot_size
+        t[i, flt.C_MKT_STEP] = inst.lot_size
+        t[i, flt.C_MKT_ROUND_STEP] = inst.lot_size
+        t[i, flt.C_MIN_QTY] = inst.lot_size
+        t[i, flt.C_MIN_NOTIONAL] = inst.min_notional
+        t[i, flt.C_FLAGS] = (flt.FL_PRICE_FILTER | flt.FL_LOT_SIZE | flt.FL_MIN_NOTIONAL | flt.FL_MIN_NOTIONAL_MKT)
+        t[i, flt.C_ORDER_TYPES] = sum(1 << o for o in (1, 2, 3))
+    return t
+
+
+def new_state(cfg, batch: int = 256, hops: tuple | None = None, *, first_cid: int = 1,
+              state: int = ACTIVE) -> StageState:
     from core.latency import new_hist
 
-    return RiskState(next_id=np.ones(1, np.int64), counters=np.zeros(K_N, np.int64),
-                     reports=np.zeros(batch, EXEC_REPORT), book=np.zeros(batch, BOOK_EVENT),
-                     signals=np.zeros(batch, SIGNAL), hops=hops or (new_hist(), new_hist(), new_hist()))
+    lim, flim = limits(cfg)
+    n = len(cfg.instruments)
+    return StageState(risk=new_risk_state(lim, flim, filter_table(cfg), first_cid=first_cid, state=state),
+                      counters=np.zeros(K_N, np.int64), pend=np.zeros(P_N, np.int64), exits=np.zeros(n, np.int64),
+                      reports=np.zeros(batch, EXEC_REPORT), book=np.zeros(batch, BOOK_EVENT),
+                      signals=np.zeros(batch, SIGNAL), hops=hops or (new_hist(), new_hist(), new_hist()))
 
 
 @nb.njit(cache=True, nogil=True)
-def _probe(s, d, cid):
-    d.recv_ns = s.recv_ns
-    d.pub_ns = 0
-    d.in_pub_ns = s.pub_ns
-    d.exch_ms = s.exch_ms
-    d.client_order_id = cid
-    d.orig_client_order_id = 0
-    d.signal_id = s.signal_id
-    d.price = 0
-    d.qty = 0
-    d.stop_px = 0
-    d.symbol = s.symbol
-    d.side = 0
-    d.action = ACTION_TRACE_PROBE
-    d.order_type = 0
-    d.tif = 0
-    d.origin = 0
+def _poll(end, scratch, max_n, hist, counters):
+    ctrl, slots, ci = end
+    if nb_available(ctrl, ci) == 0:
+        return 0
+    m = max_n if max_n < scratch.shape[0] else scratch.shape[0]
+    n, lost = nb_poll_copy(ctrl, slots, ci, scratch[:m])
+    now = nb_monotonic_ns()
+    for i in range(n):
+        nb_record(hist, now - scratch[i].pub_ns)
+    counters[K_LOST] += lost
+    counters[K_TRACE_BAD] += nb_trace_bad(scratch, n, now)
+    return n
 
 
 @nb.njit(cache=True, nogil=True)
 def risk_step(state, inputs, orders, max_n):
-    """One duty cycle, inputs in ``PRIORITY`` order: every report and book record it can see, then signals.
-
-    Returns the records consumed, or FULL when signals wait for room in the orders ring.
-    """
+    """One duty cycle (see the module docstring). Returns records consumed, or FULL when signals (or owed
+    exits / cancel-all) wait for room in the orders ring."""
     reports, book, signals = inputs
+    st = state.risk
     c = state.counters
-    n, lost, bad = nb_sink_ring(reports, state.reports, max_n, state.hops[0])
+    now = nb_monotonic_ns()
+    if st.hdr[H_STARTED_NS] == 0:
+        st.hdr[H_STARTED_NS] = now
+    n = _poll(reports, state.reports, max_n, state.hops[0], c)
     work = n
     c[K_REPORTS] += n
-    c[K_LOST] += lost
-    c[K_TRACE_BAD] += bad
-    n, lost, bad = nb_sink_ring(book, state.book, max_n, state.hops[1])
+    for i in range(n):
+        why = risk_on_report(st, state.reports[i])
+        if why != B_NONE and trip(st, why):
+            state.pend[P_CANCEL_ALL] = ORIGIN_KILL
+    n = _poll(book, state.book, max_n, state.hops[1], c)
     work += n
     c[K_BOOK] += n
-    c[K_LOST] += lost
-    c[K_TRACE_BAD] += bad
+    exch_ms = 0
+    for i in range(n):
+        ev = state.book[i]
+        if ev.exch_ms > exch_ms:
+            exch_ms = ev.exch_ms
+        if risk_on_book(st, ev, now):
+            state.exits[ev.symbol] = ORIGIN_STOP
+    why = breaker_check(st, now, exch_ms)
+    if why == B_NONE and st.lim[L_LATENCY_NS] > 0 and st.hdr[H_LAT_SPIKES] >= st.lim[L_LATENCY_N]:
+        why = B_LATENCY
+    if why != B_NONE and trip(st, why):
+        state.pend[P_CANCEL_ALL] = ORIGIN_KILL
+    # output: owed cancel-all and exits first, then one order record per signal
+    owed = 1 if state.pend[P_CANCEL_ALL] != 0 else 0
+    for s in range(state.exits.shape[0]):
+        if state.exits[s] != 0:
+            owed += 1
     in_ctrl, in_slots, ci = signals
     avail = nb_available(in_ctrl, ci)
-    if avail == 0:
+    if avail == 0 and owed == 0:
         return work
-    src = state.signals
-    want = avail if avail < src.shape[0] else src.shape[0]
+    want = avail if avail < state.signals.shape[0] else state.signals.shape[0]
     out_ctrl, out_slots = orders
-    seq, m = nb_out_reserve(out_ctrl, want)
-    if seq == FULL:
+    seq, room = nb_out_reserve(out_ctrl, want + owed)
+    if seq == FULL or room < owed:
         c[K_OUT_FULL] += 1
         return FULL if work == 0 else work
-    n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:m])
     mask = out_ctrl[H_CAPACITY] - 1
-    cid = state.next_id[0]
-    for i in range(n):
-        _probe(src[i], out_slots[(seq + i) & mask], cid + i)
-    now = nb_out_publish(out_ctrl, out_slots, seq, n)
-    for i in range(n):
-        nb_record(state.hops[2], now - src[i].pub_ns)
-    c[K_TRACE_BAD] += nb_trace_bad(src, n, now)
-    state.next_id[0] = cid + n
-    c[K_ORDERS] += n
-    return work + n
+    k = 0
+    if state.pend[P_CANCEL_ALL] != 0:
+        emit_cancel_all(st, out_slots[(seq + k) & mask], now, state.pend[P_CANCEL_ALL])
+        state.pend[P_CANCEL_ALL] = 0
+        k += 1
+    for s in range(state.exits.shape[0]):
+        origin = state.exits[s]
+        if origin != 0:
+            state.exits[s] = 0
+            if emit_exit(st, out_slots[(seq + k) & mask], s, now, now, now, exch_ms, origin):
+                k += 1
+    m = room - k
+    if m > want:
+        m = want
+    n = 0
+    if m > 0 and avail > 0:
+        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, state.signals[:m])
+        c[K_LOST] += lost
+        for i in range(n):
+            risk_on_signal(st, state.signals[i], out_slots[(seq + k) & mask], now)
+            k += 1
+    if k > 0:
+        pub = nb_out_publish(out_ctrl, out_slots, seq, k)
+        for i in range(n):
+            nb_record(state.hops[2], pub - state.signals[i].pub_ns)
+        c[K_TRACE_BAD] += nb_trace_bad(state.signals, n, pub)
+    return work + n + (1 if k > n else 0)
 
 
 class RiskStage(KernelStage):
-    COUNTERS = {"orders": K_ORDERS, "reports_seen": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD,
+    COUNTERS = {"reports_seen": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD,
                 "inputs_lost": K_LOST, "orders_full": K_OUT_FULL}
 
     def __init__(self, config, ctx):
         self.ctx = ctx
+        self.config = config
+        self.symbols = [i.symbol for i in config.instruments]
         self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
         self.orders = ring_out(ctx.outputs["orders"])
         self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)  # waits on a full ring (execution is behind)
         self.batch = ctx.process.batch
-        self.state = new_state(self.batch, tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY))
+        restarted = getattr(ctx.process, "incarnation", 1) > 1
+        # client order ids: unique across restarts until the journal (execution issue) persists the counter
+        import time
+
+        first_cid = (time.time_ns() // 1_000_000) << 12
+        self.state = new_state(config, self.batch, tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY),
+                               first_cid=first_cid, state=REDUCE_ONLY if restarted else ACTIVE)
+        if restarted:
+            log.warning("risk restarted: REDUCE_ONLY until positions are reconciled and an operator resumes")
 
     def step(self) -> int:
-        return risk_step(self.state, self.inputs, self.orders, self.batch)
+        n = risk_step(self.state, self.inputs, self.orders, self.batch)
+        hdr = self.state.risk.hdr
+        if hdr[H_ALERT]:
+            hdr[H_ALERT] = 0
+            why = TRIP_NAMES[int(hdr[H_TRIP])]
+            log.error("circuit breaker tripped: %s; HALTED, cancel-all sent", why, extra={"trip": why})
+            self.ctx.event("alert", kind="circuit_breaker", reason=why, state=STATE_NAMES[int(hdr[H_STATE])])
+        return n
+
+    def on_command(self, cmd: dict) -> bool:
+        st = self.state.risk
+        t = cmd.get("type")
+        if t == "halt":
+            st.hdr[H_STATE] = HALTED
+            self.state.pend[0] = ORIGIN_OPERATOR
+        elif t == "resume":
+            st.hdr[H_STATE] = ACTIVE
+            st.hdr[H_TRIP] = B_NONE
+            st.hdr[H_LAT_SPIKES] = 0
+        elif t == "reduce_only":
+            st.hdr[H_STATE] = REDUCE_ONLY
+        elif t == "flatten":
+            if st.hdr[H_STATE] != HALTED:
+                st.hdr[H_STATE] = REDUCE_ONLY
+            for s in range(len(self.symbols)):
+                if pnl_position(st.pnl, s) != 0:
+                    self.state.exits[s] = ORIGIN_OPERATOR
+        elif t == "clock_offset":
+            st.hdr[H_CLOCK_MS] = int(cmd.get("offset_ms", 0))
+        else:
+            return False
+        log.info("operator command %s: state %s", t, STATE_NAMES[int(st.hdr[H_STATE])], extra={"command": t})
+        return True
+
+    def counters(self) -> dict:
+        st = self.state.risk
+        out = super().counters()
+        cnt = st.cnt
+        out.update(state=int(st.hdr[H_STATE]), trip=int(st.hdr[H_TRIP]), signals=int(cnt[C_SIGNALS]),
+                   approved=int(cnt[C_APPROVED]), denied=int(cnt[C_DENIED]), exits=int(cnt[C_EXITS]),
+                   cancel_all=int(cnt[C_CANCEL_ALL]), fills=int(cnt[C_FILLS]), rejects=int(cnt[C_REJECTS]),
+                   probes=int(cnt[C_PROBES]), reports_unknown=int(cnt[C_REPORTS_UNKNOWN]),
+                   pnl_refused=int(cnt[C_PNL_REFUSED]))
+        for i, name in enumerate(DENY_NAMES):
+            if i and st.deny[i]:
+                out[f"denied.{name}"] = int(st.deny[i])
+        method = int(st.lim[L_PNL_METHOD])
+        for s, sym in enumerate(self.symbols):
+            mid = int((st.sy[s, 0] + st.sy[s, 2]) // 2) if st.sy[s, 5] else 0
+            pos = int(pnl_position(st.pnl, s))
+            vals = {"position": pos, "realized": int(pnl_realized(st.pnl, s, method)),
+                    "realized_net": int(pnl_realized_net(st.pnl, s, method, st.fee_px)),
+                    "unrealized": int(pnl_unrealized(st.pnl, s, method, mid)) if mid else 0,
+                    "avg_entry": int(pnl_avg_entry(st.pnl, s, method)) if pos else 0}
+            for k, v in vals.items():
+                out[f"{k}.{sym}"] = 0 if v == PNL_NA else v
+        return out
 
 
 def make_stage(config, ctx) -> RiskStage:
@@ -145,9 +385,10 @@ def make_stage(config, ctx) -> RiskStage:
 
 
 def warm(config) -> None:
-    from core.records import BOOK_EVENT, EXEC_REPORT
-
     ins = tuple(scratch_ring(dt, consumer=True) for dt in (EXEC_REPORT, BOOK_EVENT, SIGNAL))
     for end in ins:
         scratch_publish(end, 1)
-    risk_step(new_state(4), ins, scratch_ring(ORDER_REQUEST), 4)
+    ins[2][1]["side"][0] = 1
+    risk_step(new_state(config, 4), ins, scratch_ring(ORDER_REQUEST, capacity=8), 4)
+    st = new_state(config, 4)
+    position(st.risk, 0)
