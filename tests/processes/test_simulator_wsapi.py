@@ -727,6 +727,22 @@ def test_sim_disconnect_drops_ws_api_connections():
     assert n["disconnected"] >= 1 and code != 1000
 
 
+def test_connection_attempts_past_the_per_ip_limit_are_refused_with_429(monkeypatch):
+    from processes.simulator import wsapi
+
+    monkeypatch.setattr(wsapi, "CONNECTIONS_PER_WINDOW", 2)  # Binance: 300 per 5 minutes
+
+    async def body(sim, http, connect):
+        await connect()
+        await connect()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as ei:
+            await connect()
+        return ei.value.status, sim.stats()["ws_api"]
+
+    status, stats = running(body)
+    assert status == 429 and stats["connections_refused"] == 1 and stats["open"] == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # faults
 # ---------------------------------------------------------------------------------------------
