@@ -291,6 +291,7 @@ class SystemConfig:
     logging: LoggingConfig
     simulator: dict  # the simulator's own section, validated by the simulator (processes.simulator.config)
     source_path: str = ""  # the file this was loaded from
+    venue: str = ""  # core.filters.VenueInfo JSON the supervisor resolved from exchangeInfo at start ("" = none)
 
     def process(self, name: str) -> ProcessConfig:
         return self.placement[name]

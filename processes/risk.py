@@ -176,11 +176,14 @@ def limits(cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def filter_table(cfg) -> np.ndarray:
-    """The venue filters of every instrument (``core.filters`` table), from the config's values.
+    """The venue filters of every instrument (``core.filters`` table).
 
-    Used until the supervisor resolves exchangeInfo at start: tick (PRICE_FILTER), lot step (LOT_SIZE and
-    MARKET), min notional (MIN_NOTIONAL, applied to MARKET too); every order type allowed.
+    From exchangeInfo when the supervisor resolved it at start (``cfg.venue``); otherwise (the synthetic
+    source, tests) from the config's values: tick (PRICE_FILTER), lot step (LOT_SIZE and MARKET), min
+    notional (MIN_NOTIONAL, applied to MARKET too), every order type allowed.
     """
+    if getattr(cfg, "venue", ""):
+        return flt.VenueInfo.from_json(cfg.venue).filter_table([i.symbol for i in cfg.instruments])
     t = np.zeros((len(cfg.instruments), flt.N_COLS), np.int64)
     for i, inst in enumerate(cfg.instruments):
         t[i, flt.C_TICK] = inst.tick_size
@@ -385,6 +388,7 @@ def make_stage(config, ctx) -> RiskStage:
 
 
 def warm(config) -> None:
+    flt.warm()
     ins = tuple(scratch_ring(dt, consumer=True) for dt in (EXEC_REPORT, BOOK_EVENT, SIGNAL))
     for end in ins:
         scratch_publish(end, 1)

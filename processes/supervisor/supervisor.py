@@ -213,10 +213,62 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             self.spawn(self.procs[SIMULATOR])
             if not self.wait_ready([SIMULATOR], timeout):
                 return False
+        if not self._resolve_venue():
+            return False
         order = list(reversed(stage_processes(self.cfg)))
         for n in order:
             self.spawn(self.procs[n])
         return self.wait_ready(order, timeout)
+
+    def _resolve_venue(self, attempts: int = 3) -> bool:
+        """exchangeInfo of the configured symbols from the venue (simulator or Binance), merged with the config
+        (``core.filters``), handed to every stage process in ``cfg.venue``. An unlisted or non-TRADING symbol,
+        or a file value that contradicts the venue, stops the start (exit 2); an unreachable venue, exit 1.
+        The synthetic source has no venue: the config's filters stand."""
+        import dataclasses
+        import json as _json
+
+        import httpx
+
+        from core.errors import ConfigError
+        from core.filters import instruments_with_filters, merge_with_config, parse_exchange_info
+
+        if self.cfg.market_data.source != "exchange":
+            return True
+        symbols = [i.symbol for i in self.cfg.instruments]
+        url = self.cfg.market_data.rest_url.rstrip("/") + "/api/v3/exchangeInfo"
+        params = {"symbols": _json.dumps(symbols, separators=(",", ":"))}
+        body, err = None, None
+        for i in range(attempts):
+            try:
+                r = httpx.get(url, params=params, timeout=10.0)
+                if r.status_code == 200:
+                    body = r.content
+                    break
+                err = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code == 400:  # Binance answers an unknown symbol with -1121: no retry helps
+                    break
+            except httpx.HTTPError as exc:
+                err = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.5 * (i + 1))
+        try:
+            if body is None:
+                if err and err.startswith("HTTP 400"):
+                    raise ConfigError("instruments", f"the venue refused the symbols {symbols}: {err}")
+                log.error("cannot fetch exchangeInfo from %s: %s", url, err)
+                return False
+            info = merge_with_config(self.cfg.instruments, parse_exchange_info(body, symbols))
+        except ConfigError as exc:
+            log.error("venue check failed: %s", exc, extra={"key": exc.path})
+            self.exit_code = EXIT_CONFIG
+            self._venue_failed = True
+            return False
+        self.cfg = dataclasses.replace(self.cfg, venue=info.to_json(),
+                                       instruments=instruments_with_filters(self.cfg.instruments, info))
+        log.info("instrument filters from the venue", extra={"symbols": {
+            s.symbol: {"tick": s.tick_size, "step": s.step_size, "min_notional": s.effective_min_notional}
+            for s in (info.symbol(x) for x in symbols)}})
+        return True
 
     @staticmethod
     def _record_compile_s(seconds: float) -> None:
@@ -244,7 +296,8 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 return self.exit_code
             self.start_metrics()
             if not self._start():
-                self.exit_code = EXIT_FAIL if not self.stop_signals else EXIT_OK
+                self.exit_code = EXIT_CONFIG if getattr(self, "_venue_failed", False) else (
+                    EXIT_FAIL if not self.stop_signals else EXIT_OK)
                 if self.exit_code:
                     log.error("start-up failed; shutting down")
             else:
