@@ -114,6 +114,25 @@ def format_summary(s: dict) -> str:
             sig = [i for i in items if not i.startswith("-")]
             sup = [i[1:] for i in items if i.startswith("-")]
             lines.append(f"  {strat}: signals " + " ".join(sig) + ("  suppressed " + " ".join(sup) if sup else ""))
+    rk = (s["stages"].get("risk") or {}).get("counters") or {}
+    if "approved" in rk:  # the risk stage: decisions, denials by reason, positions and P&L per instrument
+        from core.risk_kernels import STATE_NAMES, TRIP_NAMES
+
+        state = STATE_NAMES[rk.get("state", 0)] if rk.get("state", 0) < len(STATE_NAMES) else rk.get("state")
+        trip = rk.get("trip", 0)
+        lines.append(f"risk: state={state}{f' (breaker: {TRIP_NAMES[trip]})' if trip else ''} "
+                     + " ".join(f"{k}={rk.get(k, 0)}" for k in ("signals", "approved", "denied", "exits",
+                                                                   "cancel_all", "fills", "rejects")))
+        denied = {k.split(".", 1)[1]: v for k, v in rk.items() if k.startswith("denied.")}
+        if denied:
+            lines.append("  denied by reason: " + " ".join(f"{k}={v}" for k, v in sorted(denied.items())))
+        syms = sorted({k.split(".", 1)[1] for k in rk if k.startswith("position.")})
+        for sym in syms:
+            def fx(key):
+                v = rk.get(f"{key}.{sym}", 0)
+                return f"{v / 1e8:.8f}".rstrip("0").rstrip(".") if v else "0"
+            lines.append(f"  {sym}: position={fx('position')} avg_entry={fx('avg_entry')} "
+                         f"realized={fx('realized')} net={fx('realized_net')} unrealized={fx('unrealized')}")
     sp = s.get("spares") or {}
     if sp.get("enabled"):
         lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"
