@@ -450,9 +450,9 @@ CHILD = textwrap.dedent("""
     print("ready", flush=True)
     k = 0
     while True:
-        o = np.zeros(5, ORDER_REQUEST)
+        o = np.zeros(20, ORDER_REQUEST)
         got = []
-        for i in range(5):
+        for i in range(20):
             got.append(ids.next_id())
             print(f"id {got[-1]}", flush=True)
         o["client_order_id"] = got
@@ -461,7 +461,7 @@ CHILD = textwrap.dedent("""
         o["qty"] = 10**8
         o["pub_ns"] = time.monotonic_ns()
         o["signal_id"] = tag * 10**6 + k
-        r = np.zeros(5, EXEC_REPORT)
+        r = np.zeros(20, EXEC_REPORT)
         r["client_order_id"] = got
         r["exec_type"] = EX_NEW
         r["status"] = OS_NEW
@@ -644,5 +644,32 @@ def test_a_failing_disk_never_holds_the_rings_and_the_batch_is_retried(tmp_path,
         w.close()
         for r in others:
             r.close()
+        j.close()
+        rings.close()
+
+
+def test_a_batch_that_can_never_be_written_is_dropped_and_counted_and_journaling_goes_on(tmp_path, instance,
+                                                                                      monkeypatch):
+    rings = Rings(instance, capacity=16)
+    j = Journal(tmp_path / "p.db", instance=INST, symbols=SYMBOLS)
+    w = JournalWriter.attach(j, instance, orders_consumer=1, reports_consumer=1, batch=8)
+    real = j.record_batch
+    calls = itertools.count()
+
+    def buggy(*a, **k):
+        if next(calls) == 0:
+            raise ValueError("a bug")
+        return real(*a, **k)
+
+    monkeypatch.setattr(j, "record_batch", buggy)
+    try:
+        for k in range(2):
+            rings.orders.publish_batch(orders(*[order(k * 4 + i + 1, pub_ns=k * 4 + i + 1) for i in range(4)]))
+            w.step()
+        c = w.counters()
+        assert (c["write_errors"], c["dropped"], c["batches"], c["backlog"]) == (1, 4, 1, 0)
+        assert [r[0] for r in j.query("SELECT cid FROM orders ORDER BY id")] == [5, 6, 7, 8]
+    finally:
+        w.close()
         j.close()
         rings.close()
