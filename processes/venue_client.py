@@ -33,7 +33,7 @@ must never be handled as refused (DESIGN: a timeout or 5xx is resolved by
 querying the client order id before any retry). It carries ``method``,
 ``client_order_id`` (for a place: the ``newClientOrderId``, generated here
 when the caller sent none; for a cancel: ``origClientOrderId`` or the
-``orderId`` as text), ``reason`` (``timeout`` | ``disconnected`` |
+``orderId`` as text), ``reason`` (``timeout`` | ``disconnected`` | ``bad_body`` |
 ``server_error`` | ``unknown_code``) and the ``status`` / ``code`` / ``msg``
 of a 5xx answer (``None`` without one). A ``VenueTransportError`` with
 ``sent=False`` was never written to the socket: retrying it is safe.
@@ -137,7 +137,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -1373,9 +1373,8 @@ class WsApiClient(_VenueApi):
                     self._bad_frame(conn, f"server-initiated error {msg.get('status')} {msg.get('error')}")
                     if msg.get("status") == 401 and conn is self._active:
                         self.reconnect_soon()
-                else:
+                else:  # its counts are not used: the window they were counted in is not known any more
                     self.stats.late_responses += 1
-                    self.limiter.observe_rate_limits(msg.get("rateLimits"))
                     log.info("venue ws: late answer to request %s (status %s): it had timed out", rid,
                              msg.get("status"))  # fmt: skip
                 return
