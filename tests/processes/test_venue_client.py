@@ -336,6 +336,11 @@ def test_rest_every_order_type_and_query_round_trips():
             out["unknown"] = ei.value
             out["weight_used"] = rest.limiter.used("REQUEST_WEIGHT", 60_000)
             out["stats"] = rest.stats.as_dict()
+        ed = load_credentials("VC_ED_KEY", "VC_ED_PRIV", key_type="ed25519")
+        async with RestClient(sim.base_url, ed.api_key, ed.signer) as ed_rest:  # base64 signature, percent-encoded
+            out["ed_account"] = await ed_rest.account(omit_zero_balances=True)
+            out["ed_order"] = await ed_rest.place_order(symbol=SYMBOL, side="BUY", type="LIMIT", timeInForce="GTC",
+                                                        quantity=QTY, price=far)  # fmt: skip
         return out
 
     out = running(body)
@@ -357,6 +362,8 @@ def test_rest_every_order_type_and_query_round_trips():
     assert out["unknown"].code == -2013
     assert out["weight_used"] > 0, "X-MBX-USED-WEIGHT-1M reached the limiter"
     assert out["stats"]["rejected"] == 2 and out["stats"]["unknown_outcomes"] == 0
+    assert {b["asset"] for b in out["ed_account"]["balances"]} == {"BTC", "USDT"}, "the Ed25519 account signs REST"
+    assert out["ed_order"]["status"] == "NEW"
 
 
 # ---------------------------------------------------------------------------------------------
