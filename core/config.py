@@ -73,6 +73,7 @@ LOOP_STAGES = ("feed",)
 ENV_PREFIX = "RINGTRADER__"
 _SECRET_KEYS = ("api_key", "api_secret", "secret", "secret_key", "private_key")
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_UNIX_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _REQUIRED = object()
@@ -258,6 +259,9 @@ class SupervisorConfig:
     drain_timeout_s: float = 2.0  # per ring, at shutdown: wait for consumers to catch up
     stop_timeout_s: float = 5.0  # per worker, at shutdown: then it is killed
     spare_worker: bool = True  # keep one pre-warmed spare process: a crashed worker is replaced in well under 1 s
+    # the operator's unix socket (scripts/ctl.sh; mode 0600), an absolute path; "" = the default,
+    # $XDG_RUNTIME_DIR/ringtrader-<instance>.sock or else /tmp/ringtrader-<instance>.sock (processes.supervisor.control)
+    control_socket: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -759,7 +763,14 @@ def _supervisor(s: _Section) -> SupervisorConfig:
         drain_timeout_s=s.num("drain_timeout_s", d.drain_timeout_s, gt=0),
         stop_timeout_s=s.num("stop_timeout_s", d.stop_timeout_s, gt=0),
         spare_worker=s.bool("spare_worker", d.spare_worker),
+        control_socket=s.str("control_socket", d.control_socket),
     )
+    if cfg.control_socket and not os.path.isabs(cfg.control_socket):
+        raise ConfigError(s.p("control_socket"), f"must be an absolute path (or \"\" for the default), "
+                                                 f"got {_show(cfg.control_socket)}")
+    if len(os.fsencode(cfg.control_socket)) > _UNIX_PATH_MAX or "\0" in cfg.control_socket:
+        raise ConfigError(s.p("control_socket"), f"must be at most {_UNIX_PATH_MAX} bytes without NUL (a unix "
+                                                 f"socket path), got {_show(cfg.control_socket)}")
     if cfg.heartbeat_timeout_s * 1000 <= cfg.heartbeat_interval_ms:
         raise ConfigError(s.p("heartbeat_timeout_s"), f"must exceed heartbeat_interval_ms "
                                                       f"({cfg.heartbeat_interval_ms} ms), got {cfg.heartbeat_timeout_s}")

@@ -53,6 +53,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self.metrics_port = None  # the port it bound (config port 0 = any free one)
         self.metrics_view: dict = {}  # what the metrics collector reads: replaced whole, never mutated
         self._next_view = 0.0
+        self.control = None  # processes.supervisor.control.OperatorControl while the operator's socket is served
 
     # -- setup ------------------------------------------------------------------
 
@@ -187,6 +188,28 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
     def summary(self) -> dict:
         return build_summary(self)
 
+    # -- operator control ---------------------------------------------------------------------
+
+    def start_control(self) -> bool:
+        """Serve the operator's socket (``control.py``). False (logged) when it cannot: a system whose kill
+        switch is missing, or answers another system's operator, does not start."""
+        from processes.supervisor.control import ControlError, OperatorControl
+
+        self.control = OperatorControl(self)
+        try:
+            self.control.start()
+        except ControlError as exc:
+            log.error("control socket not started: %s", exc,
+                      extra={"socket": self.control.path, "key": "supervisor.control_socket"})
+            return False
+        return True
+
+    def stop_control(self) -> None:
+        """Close the socket and remove its file (every exit path)."""
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
     # -- main -----------------------------------------------------------------------------
 
     def _start(self) -> bool:
@@ -295,6 +318,9 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 self.exit_code = EXIT_FAIL
                 return self.exit_code
             self.start_metrics()
+            if not self.start_control():
+                self.exit_code = EXIT_FAIL
+                return self.exit_code
             if not self._start():
                 self.exit_code = EXIT_CONFIG if getattr(self, "_venue_failed", False) else (
                     EXIT_FAIL if not self.stop_signals else EXIT_OK)
@@ -310,17 +336,20 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 log.info("all processes ready", extra={"cold_start_ms": self.cold_start_ms,
                                                         "cold_cache": self.cold_cache})
                 t_ready = time.monotonic()
+                self.control.set_running()
                 while not self.stop_signals:
                     if duration_s is not None and time.monotonic() - t_ready >= duration_s:
                         log.info("duration of %.1f s elapsed", duration_s)
                         break
                     if not self.check():
                         break
+                    self.control.service()
                     self.refresh_view()
                     self._wait(TICK_S)
                 self.flow_s = round(time.monotonic() - t_ready, 3)
                 if self.stop_signals:
                     log.info("stop requested by signal")
+            self.control.set_stopping()
             self.shutdown()
         except KeyboardInterrupt:
             forced = True
@@ -329,6 +358,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop_control()
             self.kill_all()
             self.final = self.summary()
             self.stop_metrics()  # before the rings go: it reads their headers
