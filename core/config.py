@@ -57,9 +57,12 @@ RINGS = {
     "md": ("MD_EVENT", "feed", ("book",)),
     "book": ("BOOK_EVENT", "book", ("signal", "risk", "execution")),
     "signals": ("SIGNAL", "signal", ("risk",)),
-    "orders": ("ORDER_REQUEST", "risk", ("execution",)),
-    "reports": ("EXEC_REPORT", "execution", ("risk",)),
+    "orders": ("ORDER_REQUEST", "risk", ("execution", "journal")),
+    "reports": ("EXEC_REPORT", "execution", ("risk", "journal")),
 }
+#: ring consumers that are not stages -> the stage whose process hosts them: the execution journal
+#: (processes/journal.py) reads orders and reports on a thread of the execution stage, off its duty cycle
+HOSTED_CONSUMERS = {"journal": "execution"}
 #: rings that carry orders or their consequences: never dropped, so never ``overwrite``
 ORDER_RINGS = ("signals", "orders", "reports")
 #: a stage's event type -> the stage that acts on it (the supervisor forwards it as a command to that stage's
@@ -192,7 +195,11 @@ class ExecutionConfig:
     recv_window_ms: int = 5000  # Binance recvWindow (max 60000)
     api_key_env: str = "BINANCE_API_KEY"  # environment variable holding the API key
     api_secret_env: str = "BINANCE_API_SECRET"  # environment variable holding the API secret
-    journal_dir: str = "var/journal"  # order/fill journal (relative to the project)
+    journal_dir: str = "var/journal"  # order/fill journal: <journal_dir>/<instance>.sqlite (relative: the project)
+    paper_latency_us: int = 1000  # paper mode: order -> active at the (simulated) venue
+    paper_maker_fee: str = "0.001"  # paper mode: fee rates (Binance's default 0.1 %)
+    paper_taker_fee: str = "0.001"
+    paper_queue_model: str = "trade_through"  # paper mode: trade_through | queue_position (core/matching.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,7 +308,8 @@ class SystemConfig:
         return self.placement[name]
 
     def process_of(self, stage: str) -> ProcessConfig:
-        """The process that hosts ``stage``."""
+        """The process that hosts ``stage`` (or a hosted ring consumer: ``HOSTED_CONSUMERS``)."""
+        stage = HOSTED_CONSUMERS.get(stage, stage)
         for p in self.placement.values():
             if stage in p.stages:
                 return p
@@ -606,6 +614,11 @@ def _execution(s: _Section) -> ExecutionConfig:
         api_key_env=s.str("api_key_env", d.api_key_env, pattern=env_re),
         api_secret_env=s.str("api_secret_env", d.api_secret_env, pattern=env_re),
         journal_dir=s.str("journal_dir", d.journal_dir),
+        paper_latency_us=s.int("paper_latency_us", d.paper_latency_us, lo=0, hi=10_000_000),
+        paper_maker_fee=str(s.fixed("paper_maker_fee", d.paper_maker_fee, positive=False) / 10**8),
+        paper_taker_fee=str(s.fixed("paper_taker_fee", d.paper_taker_fee, positive=False) / 10**8),
+        paper_queue_model=s.str("paper_queue_model", d.paper_queue_model, choices=("trade_through",
+                                                                                 "queue_position")),
     )
     s.finish()
     return cfg

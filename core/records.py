@@ -201,6 +201,8 @@ SIGNAL = _cache_aligned(
         ("model_id", "<u4"),  # crc32 of the model file (0: no model)
         ("trigger", "u1"),  # TRIGGER_*
         ("atr", "<f8"),  # analytics: the symbol's ATR feature when decided (NaN: not warm); risk's volatility sizing
+        ("book_seq", "<i8"),  # sequence on the book ring of the record that caused it: risk applies the book up
+                              # to it before deciding, so its view is the signal's whatever the placement
     ],
 )
 
@@ -324,7 +326,7 @@ _EXPECTED = {
                          "symbol": 40, "kind": 42, "state": 43, "top_bid_px": 64, "top_ask_qty": 88,
                          "bar_vwap": 168, "d_ask_qty": 304}),
     "SIGNAL": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "symbol": 72, "side": 74, "reason": 76,
-                     "confidence": 80, "model_id": 88, "trigger": 92, "atr": 96}),
+                     "confidence": 80, "model_id": 88, "trigger": 92, "atr": 96, "book_seq": 104}),
     "ORDER_REQUEST": (128, {"recv_ns": 0, "pub_ns": 8, "in_pub_ns": 16, "client_order_id": 32,
                             "symbol": 80, "side": 82, "origin": 86, "reason": 88, "ref_px": 96,
                             "est_slip_bps": 104}),
@@ -357,7 +359,7 @@ def concat_records(parts, dtype: np.dtype) -> np.ndarray:
     dtype and a kernel compiled for the ring type would be recompiled for it.
     """
     parts = [p for p in parts if len(p)]
-    out = np.empty(sum(len(p) for p in parts), dtype)
+    out = np.zeros(sum(len(p) for p in parts), dtype)  # field by field: padding bytes are zero, not garbage
     i = 0
     for p in parts:
         out[i:i + len(p)] = p

@@ -147,11 +147,12 @@ D_EXIT_WORKING = 19
 D_NO_PRICE = 20
 D_TABLE_FULL = 21
 D_UNKNOWN_SYMBOL = 22
-N_DENY = 23
+D_IDS = 23  # no client order id reserved (the journal's id block ran out before housekeeping refilled it)
+N_DENY = 24
 DENY_NAMES = ("ok", "halted", "reduce_only", "book_invalid", "book_stale", "clock_offset", "max_position",
               "symbol_notional", "gross_notional", "open_positions", "open_orders", "rate_1s", "rate_10s",
               "price_band", "slippage", "below_min", "filter", "no_inventory", "nothing_to_close", "exit_working",
-              "no_price", "order_table_full", "unknown_symbol")
+              "no_price", "order_table_full", "unknown_symbol", "ids_exhausted")
 
 # breaker trip reasons (hdr[H_TRIP])
 B_NONE = 0
@@ -189,7 +190,7 @@ N_SY = 16
 
 # global header (hdr[H_*], int64)
 (H_STATE, H_TRIP, H_NEXT_CID, H_LAST_BOOK_NS, H_CONSEC_REJECTS, H_DAY, H_DAY_START_PNL, H_PEAK_EQUITY,
- H_CLOCK_MS, H_LAT_SPIKES, H_RATE_POS, H_OUTCOMES, H_REJECTS_WINDOW, H_ALERT, H_STARTED_NS) = range(15)
+ H_CLOCK_MS, H_LAT_SPIKES, H_RATE_POS, H_OUTCOMES, H_REJECTS_WINDOW, H_ALERT, H_STARTED_NS, H_CID_END) = range(16)
 N_HDR = 16
 
 # open-order table (oo[i, O_*], int64); client_order_id 0 = free slot
@@ -222,11 +223,13 @@ class RiskState(NamedTuple):
 
 
 def new_risk_state(lim: np.ndarray, flim: np.ndarray, filters: np.ndarray, *, open_capacity: int = 256,
-                   lot_capacity: int = 4096, first_cid: int = 1, state: int = ACTIVE) -> RiskState:
+                   lot_capacity: int = 4096, first_cid: int = 1, cid_end: int = 1 << 62,
+                   state: int = ACTIVE) -> RiskState:
     n = filters.shape[0]
     hdr = np.zeros(N_HDR, np.int64)
     hdr[H_STATE] = state
     hdr[H_NEXT_CID] = first_cid
+    hdr[H_CID_END] = cid_end  # ids [next, end) are reserved for this process (processes.journal.IdReserver)
     hdr[H_DAY] = -1
     hdr[H_PEAK_EQUITY] = lim[L_CAPITAL]
     sy = np.zeros((n, N_SY), np.int64)
@@ -584,6 +587,9 @@ def emit_exit(st, d, sym, now_ns, recv_ns, in_pub_ns, exch_ms, origin):
     pos = position(st, sym)
     if pos == 0 or st.sy[sym, S_EXIT_CID] != 0 or st.hdr[H_STATE] == HALTED:
         return False
+    if st.hdr[H_NEXT_CID] >= st.hdr[H_CID_END]:
+        st.deny[D_IDS] += 1
+        return False
     if check_rate(st, now_ns) != D_OK:
         return False
     side = SIDE_SELL if pos > 0 else SIDE_BUY
@@ -808,6 +814,8 @@ def risk_on_signal(st, s, d, now_ns):
             slip = est_slippage_bps(st, sym, side, qty)
             if not reduce_only:
                 reason = check_slippage(slip, st.flim[FL_MAX_SLIP_BPS])
+        if reason == D_OK and st.hdr[H_NEXT_CID] >= st.hdr[H_CID_END]:
+            reason = D_IDS
         if reason == D_OK:
             otype = st.lim[L_ORDER_TYPE]
             f = check_order(st.filters, sym, side, otype, price, qty, ref)

@@ -393,7 +393,7 @@ def counter_names(settings: SignalSettings) -> dict[str, tuple[str, int, int]]:
 # Kernels
 # ---------------------------------------------------------------------------
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger):
+def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger, book_seq):
     """Write one SIGNAL (pub_ns is stamped at publish)."""
     sym = ev.symbol
     t = fs.top[sym]
@@ -419,6 +419,7 @@ def _fill(d, st, fs, s, ev, side, strength, confidence, reason, trigger):
     d.model_id = st.model_id[s]
     d.trigger = trigger
     d.atr = fs.feat[sym, F_ATR]
+    d.book_seq = book_seq
     st.sig[s, reason_slot(reason)] += 1
 
 
@@ -477,12 +478,12 @@ def ml_decide(st, s, sym, o):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k):
+def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
     """Strategy ``s`` on one triggering record; returns the new output count ``k``."""
     sym = ev.symbol
     typ = st.types[s]
     if typ == TYPE_PROBE:
-        _fill(out[(seq + k) & mask], st, fs, s, ev, SIDE_FLAT, 0.0, 0.0, R_TRACE_PROBE, TRIGGER_EVENT)
+        _fill(out[(seq + k) & mask], st, fs, s, ev, SIDE_FLAT, 0.0, 0.0, R_TRACE_PROBE, TRIGGER_EVENT, book_seq)
         return k + 1
     if sym >= st.sym_ok.shape[1] or st.sym_ok[s, sym] == 0:
         return k
@@ -516,7 +517,7 @@ def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k):
             j = st.pend_n[0]
             if j < st.pend.shape[0]:
                 d = st.pend[j]
-                _fill(d, st, fs, s, ev, SIDE_FLAT, 0.0, 0.0, 0, trigger)
+                _fill(d, st, fs, s, ev, SIDE_FLAT, 0.0, 0.0, 0, trigger, book_seq)
                 st.sig[s, 0] -= 1  # counted when resolved
                 for c in range(f.shape[0]):
                     st.pend_x[j, c] = f[c]
@@ -529,17 +530,18 @@ def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k):
         side, strength, conf, reason = ml_decide(st, s, sym, o)
     if side == SIDE_FLAT:
         return k
-    _fill(out[(seq + k) & mask], st, fs, s, ev, side, strength, conf, reason, trigger)
+    _fill(out[(seq + k) & mask], st, fs, s, ev, side, strength, conf, reason, trigger, book_seq)
     return k + 1
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
-def sig_process(st, fs, model, src, n, now_ns, out, seq, mask):
+def sig_process(st, fs, model, src, n, now_ns, out, seq, mask, book_seq0):
     """Feed ``src[:n]`` (BOOK_EVENT) through the features and every strategy.
 
     Signals go to ``out[(seq + k) & mask]``; the caller guarantees room for
     ``n * n_strategies`` of them. ``now_ns`` > 0 enables the pipeline-delay
-    staleness check (live); 0 disables it (replay). Returns the signals written.
+    staleness check (live); 0 disables it (replay). ``book_seq0``: the book
+    ring sequence of ``src[0]`` (SIGNAL.book_seq). Returns the signals written.
     """
     k = 0
     ns = st.types.shape[0]
@@ -548,7 +550,7 @@ def sig_process(st, fs, model, src, n, now_ns, out, seq, mask):
         trig = feat_on_event(fs, ev)
         for s in range(ns):
             if st.types[s] == TYPE_PROBE or trig == TRIG_BAR or trig == TRIG_TOP:
-                k = _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k)
+                k = _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k, book_seq0 + i)
     return k
 
 
@@ -601,7 +603,8 @@ def replay_signals(settings: SignalSettings, events: np.ndarray, batch: int = 40
     parts = []
     for i in range(0, len(events), batch):
         chunk = events[i:i + batch]
-        k = sig_process(st, fs, model, chunk, len(chunk), np.int64(0), out, np.int64(0), np.int64(cap - 1))
+        k = sig_process(st, fs, model, chunk, len(chunk), np.int64(0), out, np.int64(0), np.int64(cap - 1),
+                        np.int64(i))
         parts.append(out[:k].copy())
         if st.pend_n[0]:
             parts.append(resolve_pending(st, settings.model))

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.config import EVENT_ROUTES, RINGS, SIMULATOR, STAGES, SystemConfig
+from core.config import EVENT_ROUTES, HOSTED_CONSUMERS, RINGS, SIMULATOR, STAGES, SystemConfig
 
 
 def ring_hop(ring: str, consumer: str) -> str:
     return f"{ring}->{consumer}"
 
 
-#: every latency hop, in pipeline order
-HOPS = ("feed",) + tuple(ring_hop(r, c) for r, (_, _, cons) in RINGS.items() for c in cons) + ("end_to_end",)
+#: every latency hop of the pipeline's stages, in pipeline order (the journal, a hosted consumer off the hot
+#: path, is not one)
+HOPS = ("feed",) + tuple(ring_hop(r, c) for r, (_, _, cons) in RINGS.items() for c in cons
+                         if c not in HOSTED_CONSUMERS) + ("end_to_end",)
 
 
 @dataclass(frozen=True)

@@ -119,12 +119,52 @@ class ExecutionStage(KernelStage):
 
     def __init__(self, config, ctx):
         self.ctx = ctx
+        self.config = config
         self.inputs = tuple(ring_in(ctx.inputs[r]) for r in PRIORITY)
         self.reports = ring_out(ctx.outputs["reports"])
         self.writer = RingWriter(ctx.outputs["reports"], ctx, scratch=1)  # waits on a full ring (risk is behind)
         self.batch = ctx.process.batch
         hops = (ring_hop("orders", "execution"), ring_hop("book", "execution"), "end_to_end")
         self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
+
+        self.journal_writer = None
+        self._journal_thread = None
+        self._journal_stop = None
+
+    def on_start(self) -> None:
+        """Start the journal: a consumer of the orders and reports rings on its own thread (processes/journal.py),
+        off this duty cycle."""
+        import threading
+
+        from core.config import RINGS
+        from processes.journal import Journal, JournalWriter, journal_path
+
+        path = journal_path(self.config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        journal = Journal(path, instance=self.config.instance,
+                          symbols=[i.symbol for i in self.config.instruments])
+        self.journal_writer = JournalWriter.attach(
+            journal, self.config.instance, orders_consumer=RINGS["orders"][2].index("journal"),
+            reports_consumer=RINGS["reports"][2].index("journal"), idle_s=0.005)
+        self._journal_stop = threading.Event()
+        self._journal_thread = threading.Thread(target=self.journal_writer.run, args=(self._journal_stop,),
+                                                name="journal", daemon=True)
+        self._journal_thread.start()
+
+    def on_close(self) -> None:
+        """Stop the journal after it drained both rings (what execution published before this is journaled)."""
+        if self._journal_thread is not None:
+            self._journal_stop.set()
+            self._journal_thread.join(10)
+            self.journal_writer.close()
+            self.journal_writer.journal.close()
+            self._journal_thread = None
+
+    def counters(self) -> dict:
+        out = super().counters()
+        if self.journal_writer is not None:
+            out.update({f"journal_{k}": int(v) for k, v in self.journal_writer.stats.items()})
+        return out
 
     def step(self) -> int:
         return execution_step(self.state, self.inputs, self.reports, self.batch)

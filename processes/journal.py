@@ -1154,5 +1154,18 @@ class JournalWriter:
 
 __all__ = [
     "ACTION_NAMES", "SCHEMA_VERSION", "IdReserver", "Journal", "JournalError", "JournalWriter",
-    "client_order_id_str", "decode_raw", "parse_client_order_id", "slippage_bps",
+    "client_order_id_str", "decode_raw", "journal_path", "parse_client_order_id", "slippage_bps",
 ]
+
+
+def journal_path(config) -> Path:
+    """``<execution.journal_dir>/<instance>.sqlite``; a relative journal_dir is taken from the project root.
+
+    One file per instance, on a local disk (SQLite's WAL does not work over network filesystems): the
+    execution stage writes it, the risk stage reserves client order ids from it, a spare on the same host
+    opens the same file.
+    """
+    d = Path(config.execution.journal_dir)
+    if not d.is_absolute():
+        d = Path(__file__).resolve().parents[1] / d
+    return d / f"{config.instance}.sqlite"

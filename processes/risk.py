@@ -31,6 +31,7 @@ import numba as nb
 import numpy as np
 
 from core import filters as flt
+from core.config import RINGS
 from core.latency import nb_record
 from core.pnl import METHOD_IDS, PNL_NA, pnl_avg_entry, pnl_position, pnl_realized, pnl_realized_net, pnl_unrealized
 from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, ORIGIN_KILL, ORIGIN_OPERATOR, ORIGIN_STOP, SIGNAL
@@ -41,8 +42,10 @@ from core.risk_kernels import (
     B_NONE,
     DENY_NAMES,
     H_ALERT,
+    H_CID_END,
     H_CLOCK_MS,
     H_LAT_SPIKES,
+    H_NEXT_CID,
     H_STARTED_NS,
     H_STATE,
     H_TRIP,
@@ -112,7 +115,14 @@ from core.risk_kernels import (
 )
 from core.topology import ring_hop
 from processes.stage import KernelStage, RingWriter, ring_in, ring_out
-from processes.stage_kernels import nb_out_publish, nb_out_reserve, nb_trace_bad, scratch_publish, scratch_ring
+from processes.stage_kernels import (
+    nb_cursor,
+    nb_out_publish,
+    nb_out_reserve,
+    nb_trace_bad,
+    scratch_publish,
+    scratch_ring,
+)
 from ringbuffers.clock import nb_monotonic_ns
 from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
@@ -120,6 +130,8 @@ log = logging.getLogger("ringtrader.risk")
 
 #: input priority: what risk must know (fills, then the market) before it decides on a signal
 PRIORITY = ("reports", "book", "signals")
+SIGNAL_CI = RINGS["book"][2].index("signal")  # the signal stage's consumer index on the book ring
+ID_BLOCK = 1000  # client order ids reserved per journal transaction
 SIZING_MODES = {"fixed_qty": 0, "fixed_notional": 1, "volatility": 2}
 ORDER_TYPES = {"market": (OT_MARKET, 0), "limit_ioc": (OT_LIMIT, TIF_IOC), "limit_gtc": (OT_LIMIT, TIF_GTC)}
 
@@ -197,13 +209,14 @@ def filter_table(cfg) -> np.ndarray:
     return t
 
 
-def new_state(cfg, batch: int = 256, hops: tuple | None = None, *, first_cid: int = 1,
+def new_state(cfg, batch: int = 256, hops: tuple | None = None, *, first_cid: int = 1, cid_end: int = 1 << 62,
               state: int = ACTIVE) -> StageState:
     from core.latency import new_hist
 
     lim, flim = limits(cfg)
     n = len(cfg.instruments)
-    return StageState(risk=new_risk_state(lim, flim, filter_table(cfg), first_cid=first_cid, state=state),
+    return StageState(risk=new_risk_state(lim, flim, filter_table(cfg), first_cid=first_cid, cid_end=cid_end,
+                                          state=state),
                       counters=np.zeros(K_N, np.int64), pend=np.zeros(P_N, np.int64), exits=np.zeros(n, np.int64),
                       reports=np.zeros(batch, EXEC_REPORT), book=np.zeros(batch, BOOK_EVENT),
                       signals=np.zeros(batch, SIGNAL), hops=hops or (new_hist(), new_hist(), new_hist()))
@@ -225,9 +238,49 @@ def _poll(end, scratch, max_n, hist, counters):
 
 
 @nb.njit(cache=True, nogil=True)
-def risk_step(state, inputs, orders, max_n):
+def _book_until(state, book, end_seq, now):
+    """Apply book records below ring sequence ``end_seq`` (those available); returns (records, max exch_ms)."""
+    ctrl, slots, ci = book
+    st = state.risk
+    c = state.counters
+    total = 0
+    exch_ms = 0
+    while True:
+        cur = nb_cursor(ctrl, ci)
+        want = end_seq - cur
+        if want <= 0:
+            break
+        if want > state.book.shape[0]:
+            want = state.book.shape[0]
+        n, lost = nb_poll_copy(ctrl, slots, ci, state.book[:want])
+        c[K_LOST] += lost
+        if n == 0:
+            break
+        t = nb_monotonic_ns()
+        for i in range(n):
+            ev = state.book[i]
+            nb_record(state.hops[1], t - ev.pub_ns)
+            if ev.exch_ms > exch_ms:
+                exch_ms = ev.exch_ms
+            if risk_on_book(st, ev, now):
+                state.exits[ev.symbol] = ORIGIN_STOP
+        c[K_TRACE_BAD] += nb_trace_bad(state.book, n, t)
+        c[K_BOOK] += n
+        total += n
+    return total, exch_ms
+
+
+@nb.njit(cache=True, nogil=True)
+def risk_step(state, inputs, orders, max_n, signal_ci):
     """One duty cycle (see the module docstring). Returns records consumed, or FULL when signals (or owed
-    exits / cancel-all) wait for room in the orders ring."""
+    exits / cancel-all) wait for room in the orders ring.
+
+    The book is applied in step with the signals: before deciding on a signal, every book record up to the
+    one that caused it (``SIGNAL.book_seq``); after the signals, the book only up to what the signal stage
+    has finished (its cursor on the book ring, ``signal_ci``: it moves the cursor after publishing the
+    signals those records caused). So risk decides on exactly the book the signal saw, whatever the
+    placement and timing.
+    """
     reports, book, signals = inputs
     st = state.risk
     c = state.counters
@@ -241,58 +294,60 @@ def risk_step(state, inputs, orders, max_n):
         why = risk_on_report(st, state.reports[i])
         if why != B_NONE and trip(st, why):
             state.pend[P_CANCEL_ALL] = ORIGIN_KILL
-    n = _poll(book, state.book, max_n, state.hops[1], c)
-    work += n
-    c[K_BOOK] += n
+    b_ctrl = book[0]
+    watermark = nb_cursor(b_ctrl, signal_ci)  # before reading the signals ring (acquire): see above
+    in_ctrl, in_slots, ci = signals
+    avail = nb_available(in_ctrl, ci)
+    want = avail if avail < state.signals.shape[0] else state.signals.shape[0]
+    n_sym = state.exits.shape[0]
+    out_ctrl, out_slots = orders
+    seq, room = nb_out_reserve(out_ctrl, want + 1 + n_sym)  # each signal, a cancel-all, an exit per symbol
+    if seq == FULL or room < 1 + n_sym:
+        c[K_OUT_FULL] += 1
+        return FULL if work == 0 else work
+    mask = out_ctrl[H_CAPACITY] - 1
+    m = room - 1 - n_sym
+    if m > want:
+        m = want
+    k = 0
     exch_ms = 0
-    for i in range(n):
-        ev = state.book[i]
-        if ev.exch_ms > exch_ms:
-            exch_ms = ev.exch_ms
-        if risk_on_book(st, ev, now):
-            state.exits[ev.symbol] = ORIGIN_STOP
+    n = 0
+    if m > 0:
+        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, state.signals[:m])
+        c[K_LOST] += lost
+        for i in range(n):
+            s = state.signals[i]
+            nb_, xm = _book_until(state, book, s.book_seq + 1, now)
+            work += nb_
+            if xm > exch_ms:
+                exch_ms = xm
+            risk_on_signal(st, s, out_slots[(seq + k) & mask], now)
+            k += 1
+    # the book up to the watermark, but never past the next signal still unread (a batch may stop short)
+    limit = watermark
+    if nb_available(in_ctrl, ci) > 0:
+        nxt = in_slots[nb_cursor(in_ctrl, ci) & (in_ctrl[H_CAPACITY] - 1)].book_seq + 1
+        if nxt < limit:
+            limit = nxt
+    nb_, xm = _book_until(state, book, limit, now)
+    work += nb_
+    if xm > exch_ms:
+        exch_ms = xm
     why = breaker_check(st, now, exch_ms)
     if why == B_NONE and st.lim[L_LATENCY_NS] > 0 and st.hdr[H_LAT_SPIKES] >= st.lim[L_LATENCY_N]:
         why = B_LATENCY
     if why != B_NONE and trip(st, why):
         state.pend[P_CANCEL_ALL] = ORIGIN_KILL
-    # output: owed cancel-all and exits first, then one order record per signal
-    owed = 1 if state.pend[P_CANCEL_ALL] != 0 else 0
-    for s in range(state.exits.shape[0]):
-        if state.exits[s] != 0:
-            owed += 1
-    in_ctrl, in_slots, ci = signals
-    avail = nb_available(in_ctrl, ci)
-    if avail == 0 and owed == 0:
-        return work
-    want = avail if avail < state.signals.shape[0] else state.signals.shape[0]
-    out_ctrl, out_slots = orders
-    seq, room = nb_out_reserve(out_ctrl, want + owed)
-    if seq == FULL or room < owed:
-        c[K_OUT_FULL] += 1
-        return FULL if work == 0 else work
-    mask = out_ctrl[H_CAPACITY] - 1
-    k = 0
     if state.pend[P_CANCEL_ALL] != 0:
         emit_cancel_all(st, out_slots[(seq + k) & mask], now, state.pend[P_CANCEL_ALL])
         state.pend[P_CANCEL_ALL] = 0
         k += 1
-    for s in range(state.exits.shape[0]):
-        origin = state.exits[s]
+    for sym in range(n_sym):
+        origin = state.exits[sym]
         if origin != 0:
-            state.exits[s] = 0
-            if emit_exit(st, out_slots[(seq + k) & mask], s, now, now, now, exch_ms, origin):
+            state.exits[sym] = 0
+            if emit_exit(st, out_slots[(seq + k) & mask], sym, now, now, now, exch_ms, origin):
                 k += 1
-    m = room - k
-    if m > want:
-        m = want
-    n = 0
-    if m > 0 and avail > 0:
-        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, state.signals[:m])
-        c[K_LOST] += lost
-        for i in range(n):
-            risk_on_signal(st, state.signals[i], out_slots[(seq + k) & mask], now)
-            k += 1
     if k > 0:
         pub = nb_out_publish(out_ctrl, out_slots, seq, k)
         for i in range(n):
@@ -314,18 +369,28 @@ class RiskStage(KernelStage):
         self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)  # waits on a full ring (execution is behind)
         self.batch = ctx.process.batch
         restarted = getattr(ctx.process, "incarnation", 1) > 1
-        # client order ids: unique across restarts until the journal (execution issue) persists the counter
-        import time
+        # client order ids: blocks reserved durably in the journal before any is used, so an id is never
+        # reused across restarts and spare takeovers (processes.journal.IdReserver)
+        from processes.journal import IdReserver, journal_path
 
-        first_cid = (time.time_ns() // 1_000_000) << 12
+        path = journal_path(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.ids = IdReserver(path, config.instance, block=ID_BLOCK)
+        first, end = self.ids.reserve_block()
         self.state = new_state(config, self.batch, tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY),
-                               first_cid=first_cid, state=REDUCE_ONLY if restarted else ACTIVE)
+                               first_cid=first, cid_end=end, state=REDUCE_ONLY if restarted else ACTIVE)
         if restarted:
             log.warning("risk restarted: REDUCE_ONLY until positions are reconciled and an operator resumes")
 
     def step(self) -> int:
-        n = risk_step(self.state, self.inputs, self.orders, self.batch)
+        n = risk_step(self.state, self.inputs, self.orders, self.batch, SIGNAL_CI)
         hdr = self.state.risk.hdr
+        if hdr[H_CID_END] - hdr[H_NEXT_CID] < ID_BLOCK // 4:  # refill before the block runs out
+            first, end = self.ids.reserve_block()
+            if first == hdr[H_CID_END]:
+                hdr[H_CID_END] = end  # contiguous: extend
+            else:  # another reserver took ids in between: skip to the new block (ids stay unique)
+                hdr[H_NEXT_CID], hdr[H_CID_END] = first, end
         if hdr[H_ALERT]:
             hdr[H_ALERT] = 0
             why = TRIP_NAMES[int(hdr[H_TRIP])]
@@ -383,6 +448,10 @@ class RiskStage(KernelStage):
         return out
 
 
+    def on_close(self) -> None:
+        self.ids.close()
+
+
 def make_stage(config, ctx) -> RiskStage:
     return RiskStage(config, ctx)
 
@@ -393,6 +462,6 @@ def warm(config) -> None:
     for end in ins:
         scratch_publish(end, 1)
     ins[2][1]["side"][0] = 1
-    risk_step(new_state(config, 4), ins, scratch_ring(ORDER_REQUEST, capacity=8), 4)
+    risk_step(new_state(config, 4), ins, scratch_ring(ORDER_REQUEST, capacity=8), 4, 0)
     st = new_state(config, 4)
     position(st.risk, 0)

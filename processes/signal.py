@@ -37,9 +37,17 @@ from core.strategies import (
 )
 from core.topology import ring_hop
 from processes.stage import KernelStage, RingWriter, ring_in, ring_out
-from processes.stage_kernels import nb_out_publish, nb_out_reserve, nb_trace_bad, scratch_publish, scratch_ring
+from processes.stage_kernels import (
+    nb_cursor,
+    nb_out_publish,
+    nb_out_reserve,
+    nb_peek_copy,
+    nb_trace_bad,
+    scratch_publish,
+    scratch_ring,
+)
 from ringbuffers.clock import nb_monotonic_ns
-from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
+from ringbuffers.ring import FULL, H_CAPACITY, H_POLICY, POLICY_BLOCK, nb_available, nb_poll_copy, nb_poll_end
 
 # counters (state.counters)
 K_SIGNALS = 0
@@ -87,13 +95,21 @@ def signal_step(state, book, signals):
     if m < want:
         want = m
     src = state.scratch
-    n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:want])
-    state.counters[K_LOST] += lost
+    block = in_ctrl[H_POLICY] == POLICY_BLOCK
+    if block:  # the book cursor moves only after the signals are published: risk reads it as a watermark
+        first, n = nb_peek_copy(in_ctrl, in_slots, ci, src[:want])
+    else:  # overwrite (a lapped ring loses records anyway): plain poll
+        first = nb_cursor(in_ctrl, ci)
+        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:want])
+        state.counters[K_LOST] += lost
+        first += lost
     mask = out_ctrl[H_CAPACITY] - 1
     now = nb_monotonic_ns()
-    k = sig_process(state.st, state.fs, state.model, src, n, now, out_slots, seq, mask)
+    k = sig_process(state.st, state.fs, state.model, src, n, now, out_slots, seq, mask, first)
     if k > 0:
         now = nb_out_publish(out_ctrl, out_slots, seq, k)
+    if block:
+        nb_poll_end(in_ctrl, ci, first + n)
     for i in range(n):
         nb_record(state.hop, now - src[i].pub_ns)
     state.counters[K_TRACE_BAD] += nb_trace_bad(src, n, now)

@@ -11,6 +11,7 @@ import numba as nb
 import numpy as np
 
 from core.latency import nb_record
+from ringbuffers.atomics import load_acquire
 from ringbuffers.clock import nb_monotonic_ns
 from ringbuffers.ring import (
     FULL,
@@ -21,6 +22,8 @@ from ringbuffers.ring import (
     P_PUBLISH,
     P_STALLS,
     POLICY_BLOCK,
+    C_CURSOR,
+    _cword,
     WORD,
     nb_available,
     nb_min_consumer_cursor,
@@ -110,6 +113,31 @@ def nb_sink_ring(end, scratch, max_n, hist):
     for i in range(n):
         nb_record(hist, now - scratch[i].pub_ns)
     return n, lost, nb_trace_bad(scratch, n, now)
+
+
+@nb.njit(cache=True, nogil=True)
+def nb_cursor(ctrl, ci):
+    """Consumer ``ci``'s cursor (acquire): every record below it was fully handled by that consumer, including
+    whatever it published before moving the cursor (``nb_peek_copy`` + ``nb_poll_end``)."""
+    return load_acquire(ctrl, _cword(ci, C_CURSOR))
+
+
+@nb.njit(cache=True, nogil=True)
+def nb_peek_copy(ctrl, slots, ci, out):
+    """Copy up to ``len(out)`` records for consumer ``ci`` WITHOUT moving its cursor: ``(first seq, count)``.
+
+    The caller moves the cursor with ``ringbuffers.ring.nb_poll_end(ctrl, ci, first + count)`` once it has
+    published everything those records caused, so another stage reading this cursor (``nb_cursor``) knows
+    those outputs are visible. ``block`` rings only: a producer never overwrites unread slots there, so
+    the copy cannot tear (the rings the signal stage reads this way are ``block``: core.config)."""
+    mask = ctrl[H_CAPACITY] - 1
+    cursor = ctrl[_cword(ci, C_CURSOR)]
+    n = load_acquire(ctrl, P_PUBLISH) - cursor
+    if n > out.shape[0]:
+        n = out.shape[0]
+    for k in range(n):
+        out[k] = slots[(cursor + k) & mask]
+    return cursor, n
 
 
 def scratch_ring(dtype, capacity: int = 4, consumer: bool = False) -> tuple:

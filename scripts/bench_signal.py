@@ -124,7 +124,7 @@ def streaming(n_sym: int, n_bars: int = 400_000, repeats: int = 5) -> dict:
     for _ in range(repeats + 1):  # the first run compiles / warms
         fs, st = new_feature_state(s.features, n_sym), new_strategy_state(s)
         t0 = time.perf_counter_ns()
-        sig_process(st, fs, model, ev, len(ev), np.int64(0), out, np.int64(0), np.int64(len(out) - 1))
+        sig_process(st, fs, model, ev, len(ev), np.int64(0), out, np.int64(0), np.int64(len(out) - 1), np.int64(0))
         times.append(time.perf_counter_ns() - t0)
     bars = len(ev) // 2
     if tmp is not None:

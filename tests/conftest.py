@@ -67,3 +67,27 @@ def no_segments_left_behind():
     for name in leaked:
         os.unlink(os.path.join(SHM_DIR, name))
     assert not leaked, f"tests left shared-memory segments behind: {sorted(leaked)}"
+
+
+JOURNAL_DIR = PROJECT_ROOT / "var" / "journal"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_journals_left_behind():
+    """Stage processes started by tests journal under var/journal/<instance>.sqlite (configs built from
+    config/system.json): remove every journal file this session created (the developer's own stay)."""
+    def files() -> set:
+        return set(JOURNAL_DIR.glob("*.sqlite*")) if JOURNAL_DIR.is_dir() else set()
+
+    existed = JOURNAL_DIR.is_dir()
+    before = files()
+    yield
+    for f in files() - before:
+        try:
+            f.unlink()
+        except OSError:
+            pass
+    if not existed and JOURNAL_DIR.is_dir() and not any(JOURNAL_DIR.iterdir()):
+        JOURNAL_DIR.rmdir()
+        if not any(JOURNAL_DIR.parent.iterdir()):
+            JOURNAL_DIR.parent.rmdir()

@@ -184,7 +184,7 @@ def test_no_signal_from_an_invalid_book_and_the_suppression_is_counted():
 
     fs, st = new_feature_state(s.features, s.n_symbols), new_strategy_state(s)
     out = np.zeros(1024, SIGNAL)
-    k = sig_process(st, fs, model_arrays(s), ev, len(ev), np.int64(0), out, np.int64(0), np.int64(1023))
+    k = sig_process(st, fs, model_arrays(s), ev, len(ev), np.int64(0), out, np.int64(0), np.int64(1023), np.int64(0))
     assert k == 0
     assert st.sup[0, SUP_WARMUP] == 33  # bars 0..32 while MACD warms up (lookback 33): all valid tops then
     assert st.sup[0, SUP_BOOK_INVALID] == len(v_shape()) - 40
@@ -202,7 +202,7 @@ def test_a_top_older_than_max_staleness_suppresses():
     ev = events(v_shape(), stale_top_at=50)
     fs, st = new_feature_state(s.features, s.n_symbols), new_strategy_state(s)
     out = np.zeros(1024, SIGNAL)
-    k = sig_process(st, fs, model_arrays(s), ev, len(ev), np.int64(0), out, np.int64(0), np.int64(1023))
+    k = sig_process(st, fs, model_arrays(s), ev, len(ev), np.int64(0), out, np.int64(0), np.int64(1023), np.int64(0))
     assert k == 0 and st.sup[0, SUP_STALE] == len(v_shape()) - 51
 
 
@@ -216,7 +216,7 @@ def test_the_pipeline_delay_counts_as_stale_live():
     fs, st = new_feature_state(s.features, s.n_symbols), new_strategy_state(s)
     out = np.zeros(1024, SIGNAL)
     late = np.int64(ev["recv_ns"].max() + 2_000_000_000)  # every record waited > 1 s before the decision
-    assert sig_process(st, fs, model_arrays(s), ev, len(ev), late, out, np.int64(0), np.int64(1023)) == 0
+    assert sig_process(st, fs, model_arrays(s), ev, len(ev), late, out, np.int64(0), np.int64(1023), np.int64(0)) == 0
     assert st.sup[0, SUP_STALE] == st.sup[0].sum() - st.sup[0, SUP_WARMUP] > 0
 
 
