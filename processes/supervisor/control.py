@@ -672,6 +672,12 @@ class OperatorControl:
             return
         log.warning("operator %s from %s (uid %d, pid %d): sent to %s", req.cmd, req.user, req.uid, req.pid,
                     p.name, extra={**who, "worker": p.name})
+        # the operator's standing state order survives a restart of the risk process (watch._on_ready re-sends)
+        if msg["type"] in ("halt", "reduce_only", "flatten"):
+            self.sup.operator_state = {"type": "halt" if msg["type"] == "halt" else "reduce_only", "stage": "risk",
+                                       "origin": "operator", "uid": req.uid}
+        elif msg["type"] == "resume":
+            self.sup.operator_state = None
         now = time.monotonic()
         self.pending.append((req, now, now + CONFIRM_S, p.incarnation))
 

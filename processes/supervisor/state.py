@@ -6,14 +6,21 @@ from dataclasses import dataclass, field
 
 # Heartbeat values that are a current state, not a count: across restarts the
 # latest incarnation's value stands instead of the sum.
-GAUGES = frozenset({"books_valid", "books", "clients", "connected", "rest_used_weight_1m"})
+GAUGES = frozenset({"books_valid", "books", "clients", "connected", "rest_used_weight_1m",
+                    "state", "trip"})  # risk's trading state and breaker trip
+#: counters that are a state, not a count (risk's positions and P&L per instrument): the latest value wins
+GAUGE_PREFIXES = ("position.", "realized.", "realized_net.", "unrealized.", "avg_entry.")
+
+
+def is_gauge(key: str) -> bool:
+    return key in GAUGES or key.startswith(GAUGE_PREFIXES)
 
 
 def fold(totals: dict, stats: dict) -> dict:
     """Add an incarnation's numeric counters into ``totals`` (gauges: latest wins)."""
     for k, v in stats.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            totals[k] = v if k in GAUGES else totals.get(k, 0) + v
+            totals[k] = v if is_gauge(k) else totals.get(k, 0) + v
     return totals
 
 

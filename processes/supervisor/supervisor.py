@@ -53,6 +53,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self.metrics_port = None  # the port it bound (config port 0 = any free one)
         self.metrics_view: dict = {}  # what the metrics collector reads: replaced whole, never mutated
         self._next_view = 0.0
+        self.operator_state = None  # the operator's last halt / reduce-only (re-sent to a restarted risk process)
         self.control = None  # processes.supervisor.control.OperatorControl while the operator's socket is served
 
     # -- setup ------------------------------------------------------------------

@@ -90,6 +90,12 @@ class WatchMixin:
             extra["crash_to_ready_ms"] = c2r
             p.down_since = p.crash_at = 0.0
         log.info("%s ready", p.name, extra=extra)
+        standing = getattr(self, "operator_state", None)
+        if standing and "risk" in p.stages and p.incarnation > 1:
+            # a halt or reduce-only the operator gave stands across a restart of the risk process
+            p.cmd_q.put(dict(standing))
+            log.warning("re-sent the operator's %s to the restarted %s", standing["type"], p.name,
+                        extra={"worker": p.name, "command": standing["type"]})
         if self.started or not p.stages:
             # a replacement joins the running pipeline at once; the exchange serves before the feed starts
             self._go(p, now)
