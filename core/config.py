@@ -318,7 +318,7 @@ class SystemConfig:
     @property
     def simulator_enabled(self) -> bool:
         p = self.placement.get(SIMULATOR)
-        return self.mode == "sim" and p is not None and p.enabled
+        return self.mode in ("sim", "paper") and p is not None and p.enabled  # paper: fills local, market simulated
 
     def symbol_ids(self) -> dict[str, int]:
         return {i.symbol: i.id for i in self.instruments}

@@ -81,7 +81,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from core.filters import F_OK, check_order, round_price, round_qty_down
+from core.filters import F_MIN_NOTIONAL, F_NOTIONAL, F_OK, check_order, round_price, round_qty_down
 from core.pnl import (
     PNL_NA,
     PNL_OK,
@@ -819,8 +819,8 @@ def risk_on_signal(st, s, d, now_ns):
         if reason == D_OK:
             otype = st.lim[L_ORDER_TYPE]
             f = check_order(st.filters, sym, side, otype, price, qty, ref)
-            if f != F_OK:
-                reason = D_BELOW_MIN if qty <= 0 else D_FILTER
+            if f != F_OK:  # under the venue's minimum quantity or notional is "below_min"; any other filter
+                reason = D_BELOW_MIN if qty <= 0 or f == F_MIN_NOTIONAL or f == F_NOTIONAL else D_FILTER
     if reason != D_OK:
         _order(d, st, s.recv_ns, s.pub_ns, s.exch_ms, s.signal_id, sym, side if side != SIDE_CLOSE else 0,
                ORD_DENIED, 0, 0, price, qty, ORIGIN_STRATEGY, reason, s.strategy, reduce_only, ref, slip)

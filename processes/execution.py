@@ -1,13 +1,21 @@
-"""Execution stage — PASS-THROUGH until the execution issue lands.
+"""Execution stage: orders in, execution reports out; the journal beside it.
 
-PASS-THROUGH: one EXEC_REPORT per ORDER_REQUEST with ``exec_type =
-EXEC_TRACE_PROBE`` (0: not an EX_* venue outcome), carrying the trace; no
-order reaches any venue. ``book`` records are consumed for their arrival
-latency (orders first, in one kernel call per duty cycle: ``execution_step``). Hops: ``orders->execution``
-(report pub - order pub), ``book->execution`` and ``end_to_end`` (report
-pub_ns - recv_ns: frame received to order handed on). The execution issue
-replaces the kernel with the WS API / REST client and the paper/sim fill
-model.
+Modes (``mode`` in the config), one stage, the same EXEC_REPORT records:
+
+* ``paper``: fills simulated in-process by ``core/paper.py`` (the matching
+  core of ``core/matching.py`` against the live book's tops and depth, with a
+  latency model, the queue model and fees): one kernel per duty cycle
+  (``paper_step``) polls the orders (then the book), runs the paper venue and
+  publishes its reports. Hops: ``orders->execution``, ``book->execution``,
+  ``end_to_end`` (tick received -> the order's first report published).
+* ``sim`` / ``live``: **not built yet**: every order gets a trace-probe report
+  (``exec_type`` 0, no venue outcome) and nothing reaches a venue, as before
+  (``execution_step``). The venue path (WS API / REST, exactly-once) is the
+  next part of the execution issue; ``processes/venue_client.py`` and
+  ``processes/journal.py`` are its building blocks.
+
+Every mode runs the journal (``processes/journal.py``): a consumer of the
+orders and reports rings on a thread of this stage, off the duty cycle.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import numba as nb
 import numpy as np
 
 from core.latency import nb_record
-from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST
+from core.paper import paper_on_book, paper_on_order, paper_on_timer
+from core.records import BOOK_EVENT, EX_NEW, EXEC_REPORT, ORDER_REQUEST
 from core.topology import ring_hop
 from processes.stage import KernelStage, RingWriter, ring_in, ring_out
 from processes.stage_kernels import (
@@ -29,6 +38,7 @@ from processes.stage_kernels import (
     scratch_publish,
     scratch_ring,
 )
+from ringbuffers.clock import nb_monotonic_ns
 from ringbuffers.ring import FULL, H_CAPACITY, nb_available, nb_poll_copy
 
 EXEC_TRACE_PROBE = 0
@@ -113,6 +123,104 @@ def execution_step(state, inputs, reports, max_n):
     return work + n
 
 
+# ---------------------------------------------------------------------------
+# paper mode
+# ---------------------------------------------------------------------------
+PAPER_CAPACITY = 256  # paper orders live at once (resting + in flight)
+PAPER_OUT = 4096  # reports one duty cycle can make (scratch), >= the paper kernels' room
+
+
+class PaperExecState(NamedTuple):
+    counters: np.ndarray  # int64[K_N]
+    orders: np.ndarray  # ORDER_REQUEST[batch]
+    book: np.ndarray  # BOOK_EVENT[batch]
+    out: np.ndarray  # EXEC_REPORT[PAPER_OUT]: the reports of one cycle before they go to the ring
+    hops: tuple  # (orders->execution, book->execution, end_to_end)
+    paper: tuple  # core.paper.PaperState
+
+
+def new_paper_state(config, batch: int = 256, hops: tuple | None = None) -> PaperExecState:
+    from core.latency import new_hist
+    from core.paper import paper_state_from_config
+    from processes.risk import filter_table
+
+    return PaperExecState(counters=np.zeros(K_N, np.int64), orders=np.zeros(batch, ORDER_REQUEST),
+                          book=np.zeros(batch, BOOK_EVENT), out=np.zeros(PAPER_OUT, EXEC_REPORT),
+                          hops=hops or (new_hist(), new_hist(), new_hist()),
+                          paper=paper_state_from_config(config.execution, filter_table(config),
+                                                        capacity=PAPER_CAPACITY))
+
+
+@nb.njit(cache=True, nogil=True)
+def paper_step(state, inputs, reports, max_n):
+    """One duty cycle in paper mode: orders (queued with their latency), the book (activations and fills), the
+    timer; the reports made are published in one batch. Returns records consumed, or FULL when the reports
+    ring has no room for the worst case of this cycle (nothing is read then)."""
+    orders, book = inputs
+    c = state.counters
+    st = state.paper
+    room_ev = st.hdr[0].room
+    out_ctrl, out_slots = reports
+    seq, room = nb_out_reserve(out_ctrl, state.out.shape[0])
+    if seq == FULL or room < room_ev + 1:
+        c[K_OUT_FULL] += 1
+        return FULL
+    cap = room if room < state.out.shape[0] else state.out.shape[0]
+    out = state.out[:cap]
+    now = nb_monotonic_ns()
+    k = 0
+    work = 0
+    o_ctrl, o_slots, o_ci = orders
+    if nb_available(o_ctrl, o_ci) > 0:
+        m = cap - room_ev  # each order needs 1 slot; leave the book/timer their room
+        if m > state.orders.shape[0]:
+            m = state.orders.shape[0]
+        if m > max_n:
+            m = max_n
+        n, lost = nb_poll_copy(o_ctrl, o_slots, o_ci, state.orders[:m])
+        c[K_LOST] += lost
+        for i in range(n):
+            nb_record(state.hops[0], now - state.orders[i].pub_ns)
+            r = paper_on_order(st, state.orders[i], now, out, k)
+            if r > 0:
+                k += r
+        c[K_TRACE_BAD] += nb_trace_bad(state.orders, n, now)
+        work += n
+    b_ctrl, b_slots, b_ci = book
+    while nb_available(b_ctrl, b_ci) > 0 and cap - k >= room_ev and work < max_n:
+        m = (cap - k) // room_ev
+        if m > state.book.shape[0]:
+            m = state.book.shape[0]
+        n, lost = nb_poll_copy(b_ctrl, b_slots, b_ci, state.book[:m])
+        c[K_LOST] += lost
+        t = nb_monotonic_ns()
+        for i in range(n):
+            nb_record(state.hops[1], t - state.book[i].pub_ns)
+            r = paper_on_book(st, state.book[i], t, out, k)
+            if r > 0:
+                k += r
+        c[K_TRACE_BAD] += nb_trace_bad(state.book, n, t)
+        c[K_BOOK] += n
+        work += n
+        if n == 0:
+            break
+    if cap - k >= room_ev:
+        r = paper_on_timer(st, nb_monotonic_ns(), out, k)
+        if r > 0:
+            k += r
+    if k > 0:
+        mask = out_ctrl[H_CAPACITY] - 1
+        for i in range(k):
+            out_slots[(seq + i) & mask] = out[i]
+        pub = nb_out_publish(out_ctrl, out_slots, seq, k)
+        for i in range(k):
+            r = out[i]
+            if r.recv_ns > 0 and r.exec_type == EX_NEW:
+                nb_record(state.hops[2], pub - r.recv_ns)  # end to end: tick received -> the order's first report
+        c[K_REPORTS] += k
+    return work
+
+
 class ExecutionStage(KernelStage):
     COUNTERS = {"reports": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD, "inputs_lost": K_LOST,
                 "reports_full": K_OUT_FULL}
@@ -125,7 +233,11 @@ class ExecutionStage(KernelStage):
         self.writer = RingWriter(ctx.outputs["reports"], ctx, scratch=1)  # waits on a full ring (risk is behind)
         self.batch = ctx.process.batch
         hops = (ring_hop("orders", "execution"), ring_hop("book", "execution"), "end_to_end")
-        self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
+        self.paper = config.mode == "paper"
+        if self.paper:
+            self.state = new_paper_state(config, self.batch, tuple(ctx.latency.hop(h).h for h in hops))
+        else:
+            self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
 
         self.journal_writer = None
         self._journal_thread = None
@@ -164,9 +276,16 @@ class ExecutionStage(KernelStage):
         out = super().counters()
         if self.journal_writer is not None:
             out.update({f"journal_{k}": int(v) for k, v in self.journal_writer.stats.items()})
+        if self.paper:
+            from core.paper import COUNTER_NAMES
+
+            pc = self.state.paper.cnt
+            out.update({f"paper_{name}": int(pc[i]) for i, name in COUNTER_NAMES.items()})
         return out
 
     def step(self) -> int:
+        if self.paper:
+            return paper_step(self.state, self.inputs, self.reports, self.batch)
         return execution_step(self.state, self.inputs, self.reports, self.batch)
 
 
@@ -179,3 +298,11 @@ def warm(config) -> None:
     for end in ins:
         scratch_publish(end, 1)
     execution_step(new_state(4), ins, scratch_ring(EXEC_REPORT), 4)
+    if config is not None and config.mode == "paper":
+        from core.paper import warm as paper_warm
+
+        paper_warm()
+        ins = tuple(scratch_ring(dt, consumer=True) for dt in (ORDER_REQUEST, BOOK_EVENT))
+        for end in ins:
+            scratch_publish(end, 1)
+        paper_step(new_paper_state(config, 4), ins, scratch_ring(EXEC_REPORT, capacity=PAPER_OUT), 4)
