@@ -8,11 +8,14 @@ Modes (``mode`` in the config), one stage, the same EXEC_REPORT records:
   (``paper_step``) polls the orders (then the book), runs the paper venue and
   publishes its reports. Hops: ``orders->execution``, ``book->execution``,
   ``end_to_end`` (tick received -> the order's first report published).
-* ``sim`` / ``live``: **not built yet**: every order gets a trace-probe report
-  (``exec_type`` 0, no venue outcome) and nothing reaches a venue, as before
-  (``execution_step``). The venue path (WS API / REST, exactly-once) is the
-  next part of the execution issue; ``processes/venue_client.py`` and
-  ``processes/journal.py`` are its building blocks.
+* ``sim`` / ``live``: orders go to the venue (the local simulator, or
+  Binance) over one WebSocket API session on a thread of this stage
+  (``processes/venue_exec.py``: signed, rate-limited, exactly once, reports
+  from the user-data stream); the duty cycle hands orders over and publishes
+  the reports that come back. Trace probes are answered with a probe report
+  at once (the end-to-end latency trace). Without a venue (the synthetic
+  source, or sim with the simulator disabled) orders get trace-probe reports
+  only (``execution_step``) and nothing trades.
 
 Every mode runs the journal (``processes/journal.py``): a consumer of the
 orders and reports rings on a thread of this stage, off the duty cycle.
@@ -20,12 +23,13 @@ orders and reports rings on a thread of this stage, off the duty cycle.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
-from core.latency import nb_record
+from core.latency import nb_record, nb_record_many
 from core.paper import paper_on_book, paper_on_order, paper_on_timer
 from core.records import BOOK_EVENT, EX_NEW, EXEC_REPORT, ORDER_REQUEST
 from core.topology import ring_hop
@@ -221,6 +225,15 @@ def paper_step(state, inputs, reports, max_n):
     return work
 
 
+def has_venue(config) -> bool:
+    """sim with the simulator running, or live, on exchange market data: orders go to a venue. Otherwise (the
+    synthetic source, the simulator disabled: latency profiling, placement tests) there is none, and orders
+    get trace-probe reports only (nothing trades)."""
+    if config.market_data.source != "exchange":
+        return False
+    return config.mode == "live" or (config.mode == "sim" and config.simulator_enabled)
+
+
 class ExecutionStage(KernelStage):
     COUNTERS = {"reports": K_REPORTS, "book_seen": K_BOOK, "trace_violations": K_TRACE_BAD, "inputs_lost": K_LOST,
                 "reports_full": K_OUT_FULL}
@@ -234,6 +247,11 @@ class ExecutionStage(KernelStage):
         self.batch = ctx.process.batch
         hops = (ring_hop("orders", "execution"), ring_hop("book", "execution"), "end_to_end")
         self.paper = config.mode == "paper"
+        self.venue = None
+        if has_venue(config):
+            from processes.venue_exec import VenueExecutor
+
+            self.venue = VenueExecutor(config)
         if self.paper:
             self.state = new_paper_state(config, self.batch, tuple(ctx.latency.hop(h).h for h in hops))
         else:
@@ -262,9 +280,14 @@ class ExecutionStage(KernelStage):
         self._journal_thread = threading.Thread(target=self.journal_writer.run, args=(self._journal_stop,),
                                                 name="journal", daemon=True)
         self._journal_thread.start()
+        if self.venue is not None:
+            self.venue.note_sent = self.journal_writer.note_sent
+            self.venue.start()
 
     def on_close(self) -> None:
         """Stop the journal after it drained both rings (what execution published before this is journaled)."""
+        if self.venue is not None:
+            self.venue.close()
         if self._journal_thread is not None:
             self._journal_stop.set()
             self._journal_thread.join(10)
@@ -276,6 +299,8 @@ class ExecutionStage(KernelStage):
         out = super().counters()
         if self.journal_writer is not None:
             out.update({f"journal_{k}": int(v) for k, v in self.journal_writer.stats.items()})
+        if self.venue is not None:
+            out.update(self.venue.counters())
         if self.paper:
             from core.paper import COUNTER_NAMES
 
@@ -286,7 +311,63 @@ class ExecutionStage(KernelStage):
     def step(self) -> int:
         if self.paper:
             return paper_step(self.state, self.inputs, self.reports, self.batch)
+        if self.venue is not None:
+            return self._venue_step()
         return execution_step(self.state, self.inputs, self.reports, self.batch)
+
+    def _venue_step(self) -> int:
+        """Hand new orders to the venue thread (probes: answered at once), publish the reports it made."""
+        v = self.venue
+        ring = self.ctx.inputs["orders"]
+        p = ring.poll(self.batch)
+        work = 0
+        probes = []
+        try:
+            recs = p.records
+            for r in recs:
+                act = int(r["action"])
+                if act in (1, 2, 3):
+                    v.submit({"action": act, "client_order_id": int(r["client_order_id"]),
+                              "orig_client_order_id": int(r["orig_client_order_id"]), "symbol": int(r["symbol"]),
+                              "side": int(r["side"]), "order_type": int(r["order_type"]), "tif": int(r["tif"]),
+                              "price": int(r["price"]), "qty": int(r["qty"]), "recv_ns": int(r["recv_ns"]),
+                              "pub_ns": int(r["pub_ns"]), "ref_px": int(r["ref_px"])})
+                elif act == 0:
+                    probes.append(r)
+            work += len(recs)
+            if len(recs):
+                now = time.monotonic_ns()
+                nb_record_many(self.state.hops[0], (now - recs["pub_ns"]).astype(np.int64))
+        finally:
+            ring.release()
+        out = v.take_reports()
+        if probes or out:
+            recs = np.zeros(len(probes) + len(out), EXEC_REPORT)
+            for i, r in enumerate(probes):
+                d = recs[i]
+                d["recv_ns"], d["in_pub_ns"], d["client_order_id"] = r["recv_ns"], r["pub_ns"], r["client_order_id"]
+                d["symbol"], d["order_id"], d["trade_id"] = r["symbol"], -1, -1
+            for j, r in enumerate(out):
+                d = recs[len(probes) + j]
+                for k, val in r.items():
+                    if k in d.dtype.names:
+                        d[k] = val
+            self.writer.publish(recs)
+            now = time.monotonic_ns()
+            e2e = recs["recv_ns"][(recs["recv_ns"] > 0) & ((recs["exec_type"] == 0) | (recs["exec_type"] == EX_NEW))]
+            if len(e2e):
+                nb_record_many(self.state.hops[2], (now - e2e).astype(np.int64))
+            self.state.counters[K_REPORTS] += len(recs)
+        n, lost, bad = nb_sink_ring(self.inputs[1], self.state.book, self.batch, self.state.hops[1])
+        self.state.counters[K_BOOK] += n
+        for typ, fields in self._drain_events():
+            self.ctx.event(typ, **fields)
+        return work + n + len(out)
+
+    def _drain_events(self):
+        v = self.venue
+        while v.events:
+            yield v.events.popleft()
 
 
 def make_stage(config, ctx) -> ExecutionStage:

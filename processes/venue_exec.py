@@ -1,0 +1,500 @@
+"""Execution against a venue (``sim``: the local simulator; ``live``: Binance) on an asyncio thread.
+
+The execution stage's duty cycle hands each ORDER_REQUEST to ``VenueExecutor.submit`` (thread-safe:
+``call_soon_threadsafe``) and publishes what ``take_reports`` returns; everything that talks to the venue
+runs on one uvloop thread (``processes.venue_client``: one persistent WebSocket API session, signed,
+rate-limited, clock-synced, with the user-data stream subscribed).
+
+Reports come from one source: the user-data stream's ``executionReport`` events (NEW, TRADE, CANCELED,
+EXPIRED), de-duplicated by execution id, so a duplicated or replayed event never counts twice. A request
+the venue refuses becomes EX_REJECTED with the venue's code.
+
+Exactly once (``_place``)
+-------------------------
+* The wire id is ``"<instance>-<client_order_id>"``; risk took the id from a block the journal reserved
+  durably, so an id is never reused across restarts.
+* An unknown outcome (time-out, 5xx, a connection lost mid-request) is settled by querying the order by
+  ``origClientOrderId`` before anything else: found -> adopted (its state and fills are reconciled from the
+  query and ``myTrades``, in case the events were lost with the connection); -2013 (proven absent) -> sent
+  again with the same id, after exponential backoff with jitter, at most ``retry_attempts`` times.
+* -1021 (timestamp): the client resynced its clock; one retry (the order was rejected, so it is safe).
+* 429: the limiter pauses new orders for Retry-After; the order is retried after it (it was not executed).
+  418: trading halts (an ``alert`` event and a ``halt`` event routed to risk); the order is rejected.
+
+Reconciliation (at start and after every reconnect): open orders and fills since the last trade id seen
+per symbol are read from the venue; fills we never reported are reported, and every difference is
+logged and counted (``reconcile_*``). ``reconciled`` is 1 once the first one completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from core.errors import RateLimitedError, VenueError
+from core.fixedpoint import from_fixed, to_fixed
+from core.records import (
+    EX_CANCELED,
+    EX_EXPIRED,
+    EX_NEW,
+    EX_REJECTED,
+    EX_TRADE,
+    ORD_CANCEL,
+    ORD_CANCEL_ALL,
+    ORD_NEW,
+    OS_CANCELED,
+    OS_EXPIRED,
+    OS_FILLED,
+    OS_NEW,
+    OS_PARTIALLY_FILLED,
+    OS_REJECTED,
+    OT_LIMIT,
+    OT_LIMIT_MAKER,
+    OT_MARKET,
+    SIDE_BUY,
+    TIF_FOK,
+    TIF_GTC,
+    TIF_IOC,
+)
+
+log = logging.getLogger("ringtrader.execution")
+
+EXEC_TYPES = {"NEW": EX_NEW, "TRADE": EX_TRADE, "CANCELED": EX_CANCELED, "REJECTED": EX_REJECTED,
+              "EXPIRED": EX_EXPIRED}
+STATUSES = {"NEW": OS_NEW, "PARTIALLY_FILLED": OS_PARTIALLY_FILLED, "FILLED": OS_FILLED, "CANCELED": OS_CANCELED,
+            "REJECTED": OS_REJECTED, "EXPIRED": OS_EXPIRED, "EXPIRED_IN_MATCH": OS_EXPIRED}
+TYPES = {OT_LIMIT: "LIMIT", OT_MARKET: "MARKET", OT_LIMIT_MAKER: "LIMIT_MAKER"}
+TIFS = {TIF_GTC: "GTC", TIF_IOC: "IOC", TIF_FOK: "FOK"}
+FINAL = {OS_FILLED, OS_CANCELED, OS_REJECTED, OS_EXPIRED}
+RETRY_ATTEMPTS = 3  # the original design's retry_attempts
+
+
+def _assets(cfg) -> dict[str, tuple[str, str]]:
+    """symbol -> (base, quote) from the resolved exchangeInfo, else a quote-suffix split."""
+    out = {}
+    info = None
+    if getattr(cfg, "venue", ""):
+        from core.filters import VenueInfo
+
+        info = VenueInfo.from_json(cfg.venue)
+    for i in cfg.instruments:
+        if info is not None:
+            s = info.symbol(i.symbol)
+            out[i.symbol] = (s.base_asset, s.quote_asset)
+        else:
+            q = next((q for q in ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB", "EUR") if i.symbol.endswith(q)),
+                     i.symbol[-4:])
+            out[i.symbol] = (i.symbol[: -len(q)], q)
+    return out
+
+
+class VenueExecutor:
+    def __init__(self, config, *, note_sent=None):
+        from processes.journal import client_order_id_str
+
+        self.cfg = config
+        self.instance = config.instance
+        self.wire = lambda cid: client_order_id_str(config.instance, cid)
+        self.symbols = [i.symbol for i in config.instruments]
+        self.sym_id = {s: i for i, s in enumerate(self.symbols)}
+        self.assets = _assets(config)
+        self.note_sent = note_sent or (lambda cid, ns: None)
+        self.reports: collections.deque = collections.deque()  # dicts of EXEC_REPORT fields, for the stage
+        self.events: collections.deque = collections.deque()  # (type, fields) for ctx.event
+        self.orders: dict[int, dict] = {}  # cid -> what we know (symbol, side, trace, state)
+        self.seen: set = set()  # execution ids (and trade ids) already reported
+        self.last_trade: dict[str, int] = {}  # symbol -> last trade id reported
+        self.stats: collections.Counter = collections.Counter()
+        self.rng = random.Random()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self.reconciled = False
+        self.last_error = ""
+
+    # -- the stage's side (its duty-cycle thread) --------------------------------------------------
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="venue", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the venue session did not come up within {timeout_s} s")
+        if self._error is not None:
+            raise RuntimeError(f"the venue session failed to start: {self._error}") from self._error
+
+    def submit(self, rec: dict) -> None:
+        """An ORDER_REQUEST (as a dict of its fields) for the venue; returns at once."""
+        self.loop.call_soon_threadsafe(self._dispatch, rec)
+
+    def take_reports(self, max_n: int = 4096) -> list[dict]:
+        out = []
+        while self.reports and len(out) < max_n:
+            out.append(self.reports.popleft())
+        return out
+
+    def close(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def counters(self) -> dict:
+        out = {f"venue_{k}": int(v) for k, v in self.stats.items()}
+        out["reconciled"] = int(self.reconciled)
+        if self.client is not None:
+            out["venue_connected"] = int(self.client.connected)
+        return out
+
+    # -- the venue thread ---------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:  # pragma: no cover - uvloop is a dependency
+            loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - reported to the stage through start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            loop.close()
+
+    def _credentials(self):
+        from core.signing import load_credentials
+
+        ex = self.cfg.execution
+        if self.cfg.mode == "sim":
+            accs = self.cfg.simulator.get("accounts") if isinstance(self.cfg.simulator, dict) else None
+            acc = accs[0] if isinstance(accs, list) and accs else {}
+            return load_credentials(acc.get("api_key_env", "BINANCE_SIM_API_KEY"),
+                                    acc.get("api_secret_env", "BINANCE_SIM_API_SECRET"), key_type="hmac")
+        return load_credentials(ex.api_key_env, ex.api_secret_env, key_type="hmac")
+
+    async def _main(self) -> None:
+        from core.filters import VenueInfo
+        from processes.venue_client import RateLimiter, WsApiClient
+
+        self._stop = asyncio.Event()
+        cred = self._credentials()
+        ex = self.cfg.execution
+        limits = VenueInfo.from_json(self.cfg.venue) if getattr(self.cfg, "venue", "") else None
+        limiter = RateLimiter(limits, rate_limit_per_second=ex.rate_limit_per_second,
+                              on_halt=lambda why: self._halt(f"venue ban (418): {why}"))
+        self.client = WsApiClient(ex.ws_api_url, cred.api_key, cred.signer, on_event=self._on_event,
+                                  on_reconnect=self._on_reconnect, limiter=limiter,
+                                  recv_window_ms=ex.recv_window_ms, order_timeout_s=ex.order_timeout_ms / 1000)
+        limiter.clock_ms = self.client.clock.now_ms
+        await self.client.start()
+        await self._reconcile("start")
+        self._ready.set()
+        sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        await self._stop.wait()
+        sweeper.cancel()
+        await self.client.close()
+
+    async def _sweep(self, every_s: float = 1.0, quiet_s: float = 2.0) -> None:
+        """Orders the venue acknowledged whose events stopped (lost with a connection): settle them by query."""
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.monotonic()
+            for cid, o in list(self.orders.items()):
+                if o.get("acked_at") and now - o["acked_at"] > quiet_s and o.get("state") not in FINAL:
+                    o["acked_at"] = now
+                    await self._resettle(o)
+
+    async def _resettle(self, o: dict) -> None:
+        self.stats["resettled"] += 1
+        found = await self._settle(self.symbols[o["symbol"]], self.wire(o["client_order_id"]))
+        if found is None:  # acknowledged, yet unknown to the venue: should not happen; report it, loudly
+            log.error("order %s was acknowledged but the venue does not know it", o["client_order_id"])
+            self._reject(o, -2013)
+            return
+        await self._adopt(o, found)
+
+    def _halt(self, why: str) -> None:
+        self.stats["halts"] += 1
+        log.error("trading halted: %s", why)
+        self.events.append(("alert", {"kind": "venue", "reason": why}))
+        self.events.append(("halt", {"reason": why}))
+
+    def _dispatch(self, rec: dict) -> None:
+        act = rec["action"]
+        if act == ORD_NEW:
+            self.orders[rec["client_order_id"]] = {**rec, "state": OS_NEW, "cum_qty": 0}
+            self.loop.create_task(self._place(rec))
+        elif act == ORD_CANCEL:
+            self.loop.create_task(self._cancel(rec))
+        elif act == ORD_CANCEL_ALL:
+            self.loop.create_task(self._cancel_all())
+
+    def _params(self, rec: dict) -> dict:
+        p = {"symbol": self.symbols[rec["symbol"]], "side": "BUY" if rec["side"] == SIDE_BUY else "SELL",
+             "type": TYPES.get(rec["order_type"], "MARKET"), "quantity": from_fixed(rec["qty"]),
+             "newClientOrderId": self.wire(rec["client_order_id"]), "newOrderRespType": "ACK"}
+        if rec["order_type"] != OT_MARKET:
+            p["price"] = from_fixed(rec["price"])
+        if rec["order_type"] == OT_LIMIT:
+            p["timeInForce"] = TIFS.get(rec["tif"], "GTC")
+        return p
+
+    def _reject(self, rec: dict, code: int) -> None:
+        self.stats["rejects"] += 1
+        self._report(rec, exec_type=EX_REJECTED, status=OS_REJECTED, reject_code=code)
+        self.orders.pop(rec["client_order_id"], None)
+
+    async def _place(self, rec: dict) -> None:
+        try:
+            await self._place_once(rec)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave an order unaccounted: settle it loudly
+            self.stats["place_errors"] += 1
+            log.exception("placing %s failed unexpectedly", rec["client_order_id"])
+            self.last_error = repr(exc)
+            try:
+                found = await self._settle(self.symbols[rec["symbol"]], self.wire(rec["client_order_id"]))
+            except Exception:  # noqa: BLE001
+                found = None
+            if found is None:
+                self._reject(rec, -1)
+            else:
+                await self._adopt(rec, found)
+
+    async def _place_once(self, rec: dict) -> None:
+        params = self._params(rec)
+        cid = rec["client_order_id"]
+        attempts = 0
+        clock_retried = False
+        o = self.orders.get(cid, {})
+        while True:
+            try:
+                o["phase"] = f"sending#{attempts}"
+                self.note_sent(cid, time.monotonic_ns())
+                self.stats["sent"] += 1
+                await self.client.place_order(**params)
+                self.stats["acked"] += 1
+                o = self.orders.get(cid)
+                if o is not None:
+                    o["acked_at"] = time.monotonic()
+                return
+            except RateLimitedError as exc:
+                if exc.status == 418:
+                    self._halt(exc.msg)
+                    self._reject(rec, exc.code or -1003)
+                    return
+                attempts += 1
+                if attempts > RETRY_ATTEMPTS:
+                    self._reject(rec, exc.code or -1015)
+                    return
+                self.stats["retries_429"] += 1
+                o["phase"] = f"paused#{attempts}"
+                await asyncio.sleep(max(exc.retry_after_s or 1.0, 0.05))
+            except VenueError as exc:
+                if exc.code == -1021 and not clock_retried:  # the client resynced its clock: safe, it was rejected
+                    clock_retried = True
+                    self.stats["retries_1021"] += 1
+                    continue
+                self._reject(rec, exc.code or -1)
+                return
+            except Exception as exc:  # UnknownOutcomeError / transport: the order may exist
+                if not _unknown(exc):
+                    raise
+                self.stats["unknown_outcomes"] += 1
+                o["phase"] = f"settling#{attempts}:{type(exc).__name__}"
+                found = await self._settle(params["symbol"], params["newClientOrderId"])
+                if found is not None:
+                    self.stats["adopted"] += 1
+                    await self._adopt(rec, found)
+                    return
+                attempts += 1
+                if attempts > RETRY_ATTEMPTS:
+                    self._reject(rec, -2013)
+                    return
+                self.stats["retries_absent"] += 1
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** attempts) * (0.5 + self.rng.random()))
+
+    async def _settle(self, symbol: str, wire: str) -> dict | None:
+        """The order by origClientOrderId: its dict, or None when the venue proves it absent (-2013)."""
+        delay = 0.05
+        while True:
+            try:
+                return await self.client.query_order(symbol, orig_client_order_id=wire)
+            except VenueError as exc:
+                if exc.code == -2013:
+                    return None
+                self.stats["settle_retries"] += 1
+                log.warning("settling %s: %s; asking again", wire, exc)
+            except Exception as exc:  # noqa: BLE001 - transport trouble: ask again until the venue answers
+                if not _unknown(exc):
+                    raise
+                self.stats["settle_retries"] += 1
+            await asyncio.sleep(delay * (0.5 + self.rng.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def _adopt(self, rec: dict, order: dict) -> None:
+        """An order the venue has although we never saw its answer: report what the events may have missed."""
+        symbol = order["symbol"]
+        trades = await self.client.my_trades(symbol, orderId=int(order["orderId"]))
+        for t in trades:
+            self._trade_from_rest(rec, order, t)
+        st = STATUSES.get(order.get("status", ""), OS_NEW)
+        key = ("status", int(order["orderId"]), st)
+        if st in FINAL and st != OS_FILLED and key not in self.seen:
+            self.seen.add(key)
+            self._report(rec, exec_type=EX_CANCELED if st == OS_CANCELED else EX_EXPIRED, status=st,
+                         order_id=int(order["orderId"]), cum_qty=to_fixed(order["executedQty"]),
+                         cum_quote=to_fixed(order["cummulativeQuoteQty"]))
+        if st in FINAL:
+            self.orders.pop(rec["client_order_id"], None)
+        else:
+            o = self.orders.get(rec["client_order_id"])
+            if o is not None:
+                o["acked_at"] = time.monotonic()  # open at the venue: events (or the sweeper) follow
+
+    def _trade_from_rest(self, rec: dict, order: dict, t: dict) -> None:
+        key = ("trade", t["symbol"], int(t["id"]))
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        base, quote = self.assets[t["symbol"]]
+        asset = t["commissionAsset"]
+        o = self.orders.get(rec["client_order_id"], rec)
+        o["cum_qty"] = o.get("cum_qty", 0) + to_fixed(t["qty"])
+        self.last_trade[t["symbol"]] = max(self.last_trade.get(t["symbol"], 0), int(t["id"]))
+        self.stats["fills"] += 1
+        self.stats["fills_reconciled"] += 1
+        self._report(rec, exec_type=EX_TRADE, status=OS_FILLED if o["cum_qty"] >= rec["qty"] else OS_PARTIALLY_FILLED,
+                     order_id=int(t["orderId"]), trade_id=int(t["id"]), last_px=to_fixed(t["price"]),
+                     last_qty=to_fixed(t["qty"]), cum_qty=o["cum_qty"], commission=to_fixed(t["commission"]),
+                     commission_asset=0 if asset == quote else (1 if asset == base else 2),
+                     is_maker=int(bool(t["isMaker"])), exch_ms=int(t["time"]))
+
+    async def _cancel(self, rec: dict) -> None:
+        try:
+            await self.client.cancel_order(self.symbols[rec["symbol"]],
+                                           orig_client_order_id=self.wire(rec["orig_client_order_id"]))
+        except Exception as exc:  # noqa: BLE001 - counted; the stream or reconciliation tells the truth
+            self.stats["cancel_errors"] += 1
+            log.warning("cancel of %s: %s", rec["orig_client_order_id"], exc)
+
+    async def _cancel_all(self) -> None:
+        for symbol in self.symbols:
+            try:
+                await self.client.cancel_all(symbol)
+                self.stats["cancel_all"] += 1
+            except VenueError as exc:
+                if exc.code != -2011:  # "Unknown order sent": nothing was open
+                    log.warning("cancel-all %s: %s", symbol, exc)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("cancel-all %s: %s", symbol, exc)
+
+    def _on_reconnect(self) -> None:
+        self.stats["reconnects"] += 1
+        self.loop.create_task(self._reconcile("reconnect"))
+
+    async def _reconcile(self, why: str) -> None:
+        """Open orders and fills since the last trade id we reported, from the venue; report what we missed."""
+        try:
+            for symbol in self.symbols:
+                opened = await self.client.open_orders(symbol)
+                theirs = {o["clientOrderId"] for o in opened}
+                ours = {self.wire(c) for c, o in self.orders.items() if o["symbol"] == self.sym_id[symbol]
+                        and o.get("state") not in FINAL}
+                for cid, o in list(self.orders.items()):
+                    if o["symbol"] == self.sym_id[symbol] and o.get("acked_at") and self.wire(cid) not in theirs:
+                        self.stats["reconcile_not_open"] += 1
+                        await self._resettle(o)  # finished while we were not listening: its fills and status
+                for w in sorted(theirs - ours):
+                    self.stats["reconcile_unknown_open"] += 1
+                    log.warning("reconcile (%s): the venue has an open order we do not track: %s", why, w)
+                since = self.last_trade.get(symbol)
+                if since is not None:
+                    for t in await self.client.my_trades(symbol, from_id=since + 1):
+                        cid = _cid_of(t.get("clientOrderId"), self.instance)
+                        rec = self.orders.get(cid) if cid is not None else None
+                        if rec is None:
+                            continue  # not ours in this run (reported by the venue's own history)
+                        self.stats["reconcile_missed_fills"] += 1
+                        self._trade_from_rest(rec, {"orderId": t["orderId"]}, t)
+            self.reconciled = True
+            self.stats[f"reconciles_{why}"] += 1
+        except Exception as exc:  # noqa: BLE001 - reported; trading goes on, the next reconnect tries again
+            self.stats["reconcile_errors"] += 1
+            self.last_error = repr(exc)
+            log.error("reconciliation (%s) failed: %s", why, exc)
+
+    def _on_event(self, ev: dict) -> None:
+        if ev.get("e") != "executionReport":
+            return
+        try:
+            self._execution_report(ev)
+        except Exception:  # noqa: BLE001 - a bad event is counted and logged, never raised into the client
+            self.stats["bad_events"] += 1
+            log.exception("bad executionReport: %r", ev)
+
+    def _execution_report(self, ev: dict) -> None:
+        x = EXEC_TYPES.get(ev["x"])
+        if x is None:
+            return
+        key = ("exec", ev["s"], int(ev.get("I", 0)), int(ev["i"]), ev["x"], int(ev.get("t", -1)))
+        st_key = ("status", int(ev["i"]), STATUSES.get(ev["X"], OS_NEW))
+        if key in self.seen or (x == EX_TRADE and ("trade", ev["s"], int(ev["t"])) in self.seen) or \
+                (x in (EX_CANCELED, EX_EXPIRED) and st_key in self.seen):
+            self.stats["duplicate_events"] += 1
+            return
+        self.seen.add(key)
+        if x in (EX_CANCELED, EX_EXPIRED):
+            self.seen.add(st_key)
+        wire = ev["C"] if x == EX_CANCELED and ev.get("C") else ev["c"]
+        cid = _cid_of(wire, self.instance)
+        rec = self.orders.get(cid) if cid is not None else None
+        if rec is None:
+            self.stats["foreign_events"] += 1
+            return
+        st = STATUSES.get(ev["X"], OS_NEW)
+        base, quote = self.assets[ev["s"]]
+        fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=to_fixed(ev["z"]),
+                      cum_quote=to_fixed(ev["Z"]), exch_ms=int(ev.get("T") or ev.get("E") or 0))
+        if x == EX_TRADE:
+            self.seen.add(("trade", ev["s"], int(ev["t"])))
+            self.last_trade[ev["s"]] = max(self.last_trade.get(ev["s"], 0), int(ev["t"]))
+            n_asset = ev.get("N") or quote
+            fields.update(trade_id=int(ev["t"]), last_px=to_fixed(ev["L"]), last_qty=to_fixed(ev["l"]),
+                          commission=to_fixed(ev["n"]), commission_asset=0 if n_asset == quote else
+                          (1 if n_asset == base else 2), is_maker=int(bool(ev.get("m"))))
+            self.stats["fills"] += 1
+        rec["state"] = st
+        rec["cum_qty"] = fields["cum_qty"]
+        self._report(rec, **fields)
+        if st in FINAL:
+            self.orders.pop(cid, None)
+
+    def _report(self, rec: dict, **fields: Any) -> None:
+        r = {"recv_ns": rec.get("recv_ns", 0), "in_pub_ns": rec.get("pub_ns", 0),
+             "client_order_id": rec["client_order_id"], "symbol": rec["symbol"], "side": rec["side"],
+             "order_id": -1, "trade_id": -1, "ref_px": rec.get("ref_px", 0)}
+        r.update(fields)
+        self.reports.append(r)
+        self.stats["reports"] += 1
+
+
+def _unknown(exc: BaseException) -> bool:
+    from processes.venue_client import VenueTransportError
+
+    return isinstance(exc, VenueTransportError)
+
+
+def _cid_of(wire: str | None, instance: str) -> int | None:
+    if not wire or not wire.startswith(instance + "-"):
+        return None
+    tail = wire[len(instance) + 1:]
+    return int(tail) if tail.isdigit() else None

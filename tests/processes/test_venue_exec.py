@@ -1,0 +1,160 @@
+"""Execution against the simulator over loopback: never an order twice, never one lost, under injected faults.
+
+The simulator runs on its own thread and event loop (a real server on 127.0.0.1); the executor runs as the
+execution stage runs it (its own uvloop thread, orders handed over from another thread). The simulator's
+order-fault sequence drops connections mid-request, hangs past the client's timeout, answers 5xx (the
+order WAS placed: unknown outcomes) and 429 (not placed). Afterwards the venue's own records
+(``allOrders``, ``myTrades``) are the judge: every client id appears at most once at the venue, every
+order we submitted is either there (and our fills for it equal the venue's trades, none twice) or was
+reported rejected, and nothing is left unsettled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from core.config import parse_config
+from core.records import EX_REJECTED, EX_TRADE, ORD_NEW, OS_FILLED, OS_REJECTED, OT_MARKET, SIDE_BUY, SIDE_SELL
+from processes.simulator import Simulator
+from processes.venue_exec import VenueExecutor
+
+from simulator_helpers import make_cfg, specs
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
+SECRET = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
+
+
+@pytest.fixture(autouse=True)
+def env_keys(monkeypatch):
+    monkeypatch.setenv("BINANCE_SIM_API_KEY", KEY)
+    monkeypatch.setenv("BINANCE_SIM_API_SECRET", SECRET)
+
+
+class SimThread:
+    """The simulator on a thread of its own (its own loop), as a separate venue process would be."""
+
+    def __init__(self, **overrides):
+        overrides.setdefault("accounts", [{"name": "main", "balances": {"USDT": "10000000", "BTC": "100"}}])
+        overrides.setdefault("rate", 200)
+        self.cfg = make_cfg(**overrides)
+        self.ready = threading.Event()
+        self.stop = None
+        self.t = threading.Thread(target=self._main, daemon=True)
+        self.t.start()
+        assert self.ready.wait(30), "simulator did not start"
+
+    def _main(self):
+        async def main():
+            self.stop = asyncio.Event()
+            self.loop = asyncio.get_running_loop()
+            async with Simulator(self.cfg, specs(self.cfg)) as sim:
+                self.sim = sim
+                self.ready.set()
+                await self.stop.wait()
+
+        asyncio.run(main())
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.t.join(10)
+
+
+def system_config(ws_url: str, instance: str):
+    d = json.loads((ROOT / "config" / "system.json").read_text())
+    d = copy.deepcopy(d)
+    d["instance"] = instance
+    d["execution"].update(ws_api_url=ws_url, order_timeout_ms=400, rate_limit_per_second=200)
+    return parse_config(d, host_cpus=None)
+
+
+def order(cid: int, side: int) -> dict:
+    return {"action": ORD_NEW, "client_order_id": cid, "orig_client_order_id": 0, "symbol": 0, "side": side,
+            "order_type": OT_MARKET, "tif": 0, "price": 0, "qty": 100_000, "recv_ns": time.monotonic_ns(),
+            "pub_ns": time.monotonic_ns(), "ref_px": 0}
+
+
+def test_exactly_once_under_drops_hangs_5xx_and_429():
+    sim = SimThread(faults={"order_hang_s": 0.8})
+    instance = f"vx{os.getpid() % 100000}"
+    ex = None
+    try:
+        base = sim.sim.base_url
+        http = httpx.Client(base_url=base, timeout=10)
+        seq = ["drop", "ok", "500", "ok", "hang", "ok", "503", "429", "ok", "drop", "ok", "502"] * 6
+        r = http.post("/sim/fault", content=orjson.dumps({"order_fault_sequence": seq}))
+        assert r.status_code == 200, r.text
+        ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance))
+        ex.start()
+        n = 120
+        for i in range(n):
+            ex.submit(order(1000 + i, SIDE_BUY if i % 2 == 0 else SIDE_SELL))
+        reports: list[dict] = []
+        deadline = time.monotonic() + 120
+        final = {}
+        while time.monotonic() < deadline and len(final) < n:
+            for rep in ex.take_reports():
+                reports.append(rep)
+                if rep["status"] in (OS_FILLED, OS_REJECTED):
+                    final[rep["client_order_id"]] = rep["status"]
+            time.sleep(0.05)
+        missing = sorted(set(range(1000, 1000 + n)) - set(final))
+        assert not missing, (f"unsettled orders: {missing[:10]}: {[ex.orders.get(c) for c in missing[:3]]} "
+                             f"{[r for r in reports if r['client_order_id'] in missing[:3]]} {ex.counters()} {ex.last_error}")
+        # the venue is the judge
+
+        orders = _signed_get(http, "/api/v3/allOrders", {"symbol": "BTCUSDT", "limit": "1000"})
+        trades = _signed_get(http, "/api/v3/myTrades", {"symbol": "BTCUSDT", "limit": "1000"})
+        ours = [o for o in orders if o["clientOrderId"].startswith(instance + "-")]
+        ids = [o["clientOrderId"] for o in ours]
+        assert len(ids) == len(set(ids)), "an order was placed twice"
+        by_cid = {int(o["clientOrderId"].split("-")[-1]): o for o in ours}
+        fills: dict[int, Decimal] = {}
+        seen_trades = set()
+        for rep in reports:
+            if rep["exec_type"] == EX_TRADE:
+                key = rep["trade_id"]
+                assert key not in seen_trades, "a fill was reported twice"
+                seen_trades.add(key)
+                fills[rep["client_order_id"]] = fills.get(rep["client_order_id"], Decimal(0)) + \
+                    Decimal(rep["last_qty"]) / 10**8
+        venue_qty: dict[int, Decimal] = {}
+        for t in trades:
+            cid = next((c for c, o in by_cid.items() if o["orderId"] == t["orderId"]), None)
+            if cid is not None:
+                venue_qty[cid] = venue_qty.get(cid, Decimal(0)) + Decimal(t["qty"])
+        for cid in range(1000, 1000 + n):
+            if cid in by_cid:
+                assert final[cid] == OS_FILLED, f"{cid} exists at the venue but was reported {final[cid]}"
+                assert fills.get(cid) == venue_qty.get(cid) == Decimal("0.001"), cid
+            else:
+                assert final[cid] == OS_REJECTED, f"{cid} was never placed but reported {final[cid]}"
+        c = ex.counters()
+        assert c["venue_unknown_outcomes"] > 0 and c["venue_adopted"] > 0  # the faults really happened
+        assert c["reconciled"] == 1
+        assert sum(1 for r in reports if r["exec_type"] == EX_REJECTED) == n - len(by_cid)
+    finally:
+        if ex is not None:
+            ex.close()
+        sim.close()
+
+
+def _signed_get(http: httpx.Client, path: str, params: dict) -> list:
+    from core.signing import load_credentials, rest_query
+
+    cred = load_credentials("BINANCE_SIM_API_KEY", "BINANCE_SIM_API_SECRET")
+    q = rest_query(list(params.items()) + [("timestamp", str(int(time.time() * 1000)))], cred.signer)
+    r = http.get(f"{path}?{q}", headers={"X-MBX-APIKEY": cred.api_key})
+    assert r.status_code == 200, r.text
+    return r.json()
