@@ -74,7 +74,14 @@ def build_summary(sup) -> dict:
             stages[st] = {"process": p.name, "counters": p.stage_counters(st)}
     latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
                for hop, s in ordered_hops(merged_latency(sup.procs).summary()).items()}
-    return {"instance": sup.cfg.instance, "mode": sup.cfg.mode, "exit_code": sup.exit_code,
+    ex = (stages.get("execution") or {}).get("counters") or {}
+    execution = {"orders_sent": ex.get("venue_sent", 0), "fills": ex.get("venue_fills", ex.get("paper_taker_fills", 0)
+                                                                         + ex.get("paper_maker_fills", 0)),
+                 "rejects": ex.get("venue_rejects", 0), "unknown_outcomes": ex.get("venue_unknown_outcomes", 0),
+                 "adopted": ex.get("venue_adopted", 0), "duplicate_client_ids": _duplicate_client_ids(sup),
+                 "reconciled": bool(ex.get("reconciled", 0)), "journal_orders": ex.get("journal_orders", 0),
+                 "journal_reports": ex.get("journal_reports", 0)}
+    return {"instance": sup.cfg.instance, "execution": execution, "mode": sup.cfg.mode, "exit_code": sup.exit_code,
             "cold_start_ms": sup.cold_start_ms, "cold_cache": sup.cold_cache, "flow_s": sup.flow_s,
             "run_s": round(time.monotonic() - sup.t_start, 3),
             "placement": {n: list(p.stages) for n, p in sup.cfg.placement.items() if p.stages},
@@ -82,6 +89,23 @@ def build_summary(sup) -> dict:
             "restarts": sum(len(p.restarts) for p in sup.procs.values()),
             "spares": {k: (list(v) if isinstance(v, list) else v) for k, v in sup.spare_stats.items()},
             "metrics_port": sup.metrics_port}
+
+
+def _duplicate_client_ids(sup) -> int | None:
+    """Client order ids the journal saw twice (must be 0); None when there is no journal to read."""
+    try:
+        from processes.journal import Journal, journal_path
+
+        path = journal_path(sup.cfg)
+        if not path.exists():
+            return None
+        j = Journal(path)
+        try:
+            return int(j.duplicate_client_ids())
+        finally:
+            j.close()
+    except Exception:  # noqa: BLE001 - a summary never fails on the journal
+        return None
 
 
 def format_summary(s: dict) -> str:
@@ -133,6 +157,11 @@ def format_summary(s: dict) -> str:
                 return f"{v / 1e8:.8f}".rstrip("0").rstrip(".") if v else "0"
             lines.append(f"  {sym}: position={fx('position')} avg_entry={fx('avg_entry')} "
                          f"realized={fx('realized')} net={fx('realized_net')} unrealized={fx('unrealized')}")
+    ex = s.get("execution") or {}
+    if ex:
+        lines.append("execution: " + " ".join(f"{k}={ex.get(k)}" for k in (
+            "orders_sent", "fills", "rejects", "unknown_outcomes", "adopted", "duplicate_client_ids", "reconciled",
+            "journal_orders", "journal_reports")))
     sp = s.get("spares") or {}
     if sp.get("enabled"):
         lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"
