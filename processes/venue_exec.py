@@ -340,10 +340,24 @@ class VenueExecutor:
             await asyncio.sleep(delay * (0.5 + self.rng.random()))
             delay = min(delay * 2, 2.0)
 
+    async def _read(self, fn, *args, **kw):
+        """A read request (query, open orders, trades), asked again until the venue answers: a dropped
+        connection must not leave an order unsettled."""
+        delay = 0.05
+        while True:
+            try:
+                return await fn(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 - transport trouble only; anything else is raised
+                if not _unknown(exc):
+                    raise
+                self.stats["read_retries"] += 1
+            await asyncio.sleep(delay * (0.5 + self.rng.random()))
+            delay = min(delay * 2, 2.0)
+
     async def _adopt(self, rec: dict, order: dict) -> None:
         """An order the venue has although we never saw its answer: report what the events may have missed."""
         symbol = order["symbol"]
-        trades = await self.client.my_trades(symbol, orderId=int(order["orderId"]))
+        trades = await self._read(self.client.my_trades, symbol, orderId=int(order["orderId"]))
         for t in trades:
             self._trade_from_rest(rec, order, t)
         st = STATUSES.get(order.get("status", ""), OS_NEW)
@@ -405,7 +419,7 @@ class VenueExecutor:
         """Open orders and fills since the last trade id we reported, from the venue; report what we missed."""
         try:
             for symbol in self.symbols:
-                opened = await self.client.open_orders(symbol)
+                opened = await self._read(self.client.open_orders, symbol)
                 theirs = {o["clientOrderId"] for o in opened}
                 ours = {self.wire(c) for c, o in self.orders.items() if o["symbol"] == self.sym_id[symbol]
                         and o.get("state") not in FINAL}
@@ -418,7 +432,7 @@ class VenueExecutor:
                     log.warning("reconcile (%s): the venue has an open order we do not track: %s", why, w)
                 since = self.last_trade.get(symbol)
                 if since is not None:
-                    for t in await self.client.my_trades(symbol, from_id=since + 1):
+                    for t in await self._read(self.client.my_trades, symbol, from_id=since + 1):
                         cid = _cid_of(t.get("clientOrderId"), self.instance)
                         rec = self.orders.get(cid) if cid is not None else None
                         if rec is None:
