@@ -196,7 +196,8 @@ class ExecutionConfig:
     api_key_env: str = "BINANCE_API_KEY"  # environment variable holding the API key
     api_secret_env: str = "BINANCE_API_SECRET"  # environment variable holding the API secret
     journal_dir: str = "var/journal"  # order/fill journal: <journal_dir>/<instance>.sqlite (relative: the project)
-    ws_api_url: str = "ws://127.0.0.1:9010/ws-api/v3"  # sim/live: the WebSocket API (orders, user-data stream)
+    ws_api_url: str | None = None  # sim/live: the WebSocket API; None: sim -> <market_data.ws_url>/ws-api/v3
+    #                                (the simulator serves both), live -> Binance's wss://ws-api.binance.com:443/ws-api/v3
     rate_limit_per_second: int = 10  # our own cap on orders per second (the original design's default)
     paper_latency_us: int = 1000  # paper mode: order -> active at the (simulated) venue
     paper_maker_fee: str = "0.001"  # paper mode: fee rates (Binance's default 0.1 %)
@@ -616,7 +617,7 @@ def _execution(s: _Section) -> ExecutionConfig:
         api_key_env=s.str("api_key_env", d.api_key_env, pattern=env_re),
         api_secret_env=s.str("api_secret_env", d.api_secret_env, pattern=env_re),
         journal_dir=s.str("journal_dir", d.journal_dir),
-        ws_api_url=s.str("ws_api_url", d.ws_api_url),
+        ws_api_url=s.str("ws_api_url", None, nullable=True),
         rate_limit_per_second=s.int("rate_limit_per_second", d.rate_limit_per_second, lo=1, hi=10_000),
         paper_latency_us=s.int("paper_latency_us", d.paper_latency_us, lo=0, hi=10_000_000),
         paper_maker_fee=str(s.fixed("paper_maker_fee", d.paper_maker_fee, positive=False) / 10**8),

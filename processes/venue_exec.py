@@ -191,7 +191,7 @@ class VenueExecutor:
         limits = VenueInfo.from_json(self.cfg.venue) if getattr(self.cfg, "venue", "") else None
         limiter = RateLimiter(limits, rate_limit_per_second=ex.rate_limit_per_second,
                               on_halt=lambda why: self._halt(f"venue ban (418): {why}"))
-        self.client = WsApiClient(ex.ws_api_url, cred.api_key, cred.signer, on_event=self._on_event,
+        self.client = WsApiClient(ws_api_url(self.cfg), cred.api_key, cred.signer, on_event=self._on_event,
                                   on_reconnect=self._on_reconnect, limiter=limiter,
                                   recv_window_ms=ex.recv_window_ms, order_timeout_s=ex.order_timeout_ms / 1000)
         limiter.clock_ms = self.client.clock.now_ms
@@ -499,6 +499,15 @@ class VenueExecutor:
         r.update(fields)
         self.reports.append(r)
         self.stats["reports"] += 1
+
+
+def ws_api_url(cfg) -> str:
+    """``execution.ws_api_url``, or: sim -> the simulator's own server (``market_data.ws_url``); live -> Binance."""
+    if cfg.execution.ws_api_url:
+        return cfg.execution.ws_api_url
+    if cfg.mode == "sim":
+        return cfg.market_data.ws_url.rstrip("/") + "/ws-api/v3"
+    return "wss://ws-api.binance.com:443/ws-api/v3"
 
 
 def _unknown(exc: BaseException) -> bool:
