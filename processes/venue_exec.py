@@ -119,18 +119,27 @@ class VenueExecutor:
         self._stop: asyncio.Event | None = None
         self.reconciled = False
         self.last_error = ""
+        self._lock = threading.Lock()
+        self._up = False  # the session is up: submit() hands orders to the loop directly
+        self._pending: collections.deque = collections.deque()
 
     # -- the stage's side (its duty-cycle thread) --------------------------------------------------
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, wait_s: float = 0.0) -> None:
+        """Start the venue thread. It does not hold up the caller (the stage's duty cycle must not wait on the
+        network): orders submitted before the session is up wait in a queue and go out once it is."""
         self._thread = threading.Thread(target=self._thread_main, name="venue", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise RuntimeError(f"the venue session did not come up within {timeout_s} s")
+        if wait_s > 0:
+            self._ready.wait(wait_s)
         if self._error is not None:
             raise RuntimeError(f"the venue session failed to start: {self._error}") from self._error
 
     def submit(self, rec: dict) -> None:
         """An ORDER_REQUEST (as a dict of its fields) for the venue; returns at once."""
+        with self._lock:
+            if not self._up:
+                self._pending.append(rec)  # the venue thread sends these once the session is up
+                return
         self.loop.call_soon_threadsafe(self._dispatch, rec)
 
     def take_reports(self, max_n: int = 4096) -> list[dict]:
@@ -195,8 +204,27 @@ class VenueExecutor:
                                   on_reconnect=self._on_reconnect, limiter=limiter,
                                   recv_window_ms=ex.recv_window_ms, order_timeout_s=ex.order_timeout_ms / 1000)
         limiter.clock_ms = self.client.clock.now_ms
-        await self.client.start()
+        delay = 0.5
+        while True:  # the venue may be down at start: keep trying (orders wait in the queue meanwhile)
+            try:
+                await self.client.start()
+                break
+            except Exception as exc:  # noqa: BLE001 - logged, retried with backoff until stopped
+                self.stats["start_failures"] += 1
+                self.last_error = repr(exc)
+                log.error("venue session did not start (%s); retrying in %.1f s", exc, delay)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                    return
+                except asyncio.TimeoutError:
+                    delay = min(delay * 2, 10.0)
         await self._reconcile("start")
+        with self._lock:
+            self._up = True
+            queued = list(self._pending)
+            self._pending.clear()
+        for rec in queued:  # before any later submit's callback: they run on this loop after _main yields
+            self._dispatch(rec)
         self._ready.set()
         sweeper = asyncio.get_running_loop().create_task(self._sweep())
         await self._stop.wait()

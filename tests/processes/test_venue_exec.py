@@ -96,7 +96,7 @@ def test_exactly_once_under_drops_hangs_5xx_and_429():
         r = http.post("/sim/fault", content=orjson.dumps({"order_fault_sequence": seq}))
         assert r.status_code == 200, r.text
         ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance))
-        ex.start()
+        ex.start(wait_s=30)
         n = 120
         for i in range(n):
             ex.submit(order(1000 + i, SIDE_BUY if i % 2 == 0 else SIDE_SELL))
