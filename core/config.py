@@ -67,8 +67,9 @@ HOSTED_CONSUMERS = {"journal": "execution"}
 ORDER_RINGS = ("signals", "orders", "reports")
 #: a stage's event type -> the stage that acts on it (the supervisor forwards it as a command to that stage's
 #: process): the book asks the feed for a snapshot; an operator or the breaker halts risk; cancel-all goes to
-#: execution
-EVENT_ROUTES = {"resync": "feed", "halt": "risk", "cancel_all": "execution"}
+#: execution; a (re)started risk asks execution to reconcile the venue, and execution says when it has
+EVENT_ROUTES = {"resync": "feed", "halt": "risk", "cancel_all": "execution", "reconcile": "execution",
+                "reconciled": "risk"}
 #: stages driven by their own event loop (they sleep in epoll on a socket, not in an idle strategy): each must
 #: be the only stage of its process
 LOOP_STAGES = ("feed",)
@@ -203,6 +204,9 @@ class ExecutionConfig:
     paper_maker_fee: str = "0.001"  # paper mode: fee rates (Binance's default 0.1 %)
     paper_taker_fee: str = "0.001"
     paper_queue_model: str = "trade_through"  # paper mode: trade_through | queue_position (core/matching.py)
+    transport: str = "ws"  # sim/live orders: "ws" (the WebSocket API session) | "rest" (httpx keep-alive, rest_url);
+    #                        the user-data stream is always on the WebSocket API
+    on_shutdown: str = "cancel"  # sim/live: "cancel" our open orders when the system stops | "leave" them working
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -624,6 +628,8 @@ def _execution(s: _Section) -> ExecutionConfig:
         paper_taker_fee=str(s.fixed("paper_taker_fee", d.paper_taker_fee, positive=False) / 10**8),
         paper_queue_model=s.str("paper_queue_model", d.paper_queue_model, choices=("trade_through",
                                                                                  "queue_position")),
+        transport=s.str("transport", d.transport, choices=("ws", "rest")),
+        on_shutdown=s.str("on_shutdown", d.on_shutdown, choices=("cancel", "leave")),
     )
     s.finish()
     return cfg

@@ -490,6 +490,19 @@ def _oo_close(st, i):
         st.oo[i, j] = 0
 
 
+@nb.njit(cache=True, nogil=True, _nrt=False)
+def restore_order(st, cid, sym, side, qty, filled, is_exit):
+    """Restart: an order the journal (or the orders ring) says is open, ``filled`` of ``qty`` done; an exit
+    marks its symbol's exit as working again. False when the open-order table is full."""
+    if not _oo_add(st, cid, sym, side, qty, is_exit):
+        return False
+    if filled > 0:
+        _oo_fill(st, _oo_find(st, cid), filled)
+    if is_exit:
+        st.sy[sym, S_EXIT_CID] = cid
+    return True
+
+
 # ---------------------------------------------------------------------------
 # the breaker
 # ---------------------------------------------------------------------------

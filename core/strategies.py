@@ -45,6 +45,12 @@ probability for logistic/binary models, the raw score otherwise):
   after the kernel, within ``signal.model_budget_us``; over budget, no signal
   and ``model_budget`` is counted.
 
+``every_n`` (params ``every``, default 100): on every Nth top-of-book change
+of a symbol, BUY when flat and CLOSE when long (reasons ``every_n_buy`` /
+``every_n_exit``). A load and latency-measurement strategy that trades on a
+clock of ticks (``scripts/latency_profile.py``'s tick-to-order, fault
+campaigns), not a view of the market; no warm-up, but a valid, fresh top.
+
 ``trace_probe``: one SIDE_FLAT signal per book record with reason
 ``R_TRACE_PROBE`` (the latency profiler's end-to-end trace); never a decision.
 
@@ -114,7 +120,8 @@ from core.records import (
 TYPE_RULE = 1
 TYPE_ML = 2
 TYPE_PROBE = 3
-TYPES = {"rsi_macd_bb": TYPE_RULE, "ml": TYPE_ML, "trace_probe": TYPE_PROBE}
+TYPE_EVERY_N = 4
+TYPES = {"rsi_macd_bb": TYPE_RULE, "ml": TYPE_ML, "trace_probe": TYPE_PROBE, "every_n": TYPE_EVERY_N}
 
 ON_BAR = 1
 ON_TOP = 2
@@ -127,16 +134,19 @@ R_RULE_EXIT = 3  # RSI back through exit_rsi
 R_ML_LONG = 4  # model output >= buy_above
 R_ML_SHORT = 5  # model output <= sell_below
 R_ML_EXIT = 6  # model output back inside the exit band
+R_EVERY_N_BUY = 7  # the Nth top change of a flat symbol
+R_EVERY_N_EXIT = 8  # the Nth top change of a long symbol
 R_TRACE_PROBE = 0xFFFF  # trace probe: not a decision
 REASON_NAMES = {R_RULE_LONG: "rsi_oversold_macd_up", R_RULE_SHORT: "rsi_overbought_macd_down",
                 R_RULE_EXIT: "rsi_exit", R_ML_LONG: "model_long", R_ML_SHORT: "model_short", R_ML_EXIT: "model_exit",
-                R_TRACE_PROBE: "trace_probe"}
-N_REASON_SLOTS = 8  # counters: slot = reason (1..6), 7 = trace probe
+                R_EVERY_N_BUY: "every_n_buy", R_EVERY_N_EXIT: "every_n_exit", R_TRACE_PROBE: "trace_probe"}
+PROBE_SLOT = 9
+N_REASON_SLOTS = 10  # counters: slot = reason (1..8), 9 = trace probe
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False, inline="always")
 def reason_slot(reason):
-    return 7 if reason == R_TRACE_PROBE else reason
+    return PROBE_SLOT if reason == R_TRACE_PROBE else reason
 
 
 # suppressions
@@ -159,6 +169,9 @@ RULE_DEFAULTS = {"oversold": 30.0, "overbought": 70.0, "exit_rsi": 50.0, "bb_buy
                  "use_bb": True, "use_macd": True, "allow_short": True}
 ML_DEFAULTS = {"buy_above": 0.55, "sell_below": 0.45, "exit_long_below": 0.5, "exit_short_above": 0.5,
                "allow_short": True, "score_scale": 1.0}
+# params[s, *] of an every_n strategy
+EP_EVERY = 0
+EVERY_N_DEFAULTS = {"every": 100.0}
 
 
 # ---------------------------------------------------------------------------
@@ -298,6 +311,14 @@ def _parse_strategy(i: int, raw: dict, symbols: dict, sc, fc: FeatureConfig, roo
         p[MP_PROBABILITY] = 1.0 if model.kind in (MODEL_LOGISTIC, MODEL_LGBM_BINARY) else 0.0
         if model.kind == MODEL_PICKLE:
             p[MP_PROBABILITY] = 1.0 if v.get("probability", True) else 0.0
+    elif t == TYPE_EVERY_N:
+        if "model" in raw:
+            raise ConfigError(f"{key}.model", "only an ml strategy takes a model")
+        v = _params(f"{key}.params", params_raw, EVERY_N_DEFAULTS)
+        if not (v["every"] >= 1 and float(v["every"]).is_integer()):
+            raise ConfigError(f"{key}.params.every", f"must be an integer >= 1, got {v['every']!r}")
+        p[EP_EVERY] = v["every"]
+        on = ON_TOP
     else:
         if params_raw or "model" in raw:
             raise ConfigError(key, "a trace_probe strategy takes no params or model")
@@ -332,7 +353,7 @@ class StrategyState(NamedTuple):
     sym_ok: np.ndarray  # uint8[ns, n_sym]
     params: np.ndarray  # float64[ns, N_PARAMS]
     intent: np.ndarray  # int64[ns, n_sym]: 0 flat, 1 long, -1 short
-    last_ns: np.ndarray  # int64[ns, n_sym]: recv_ns of the last top-trigger decision (throttle)
+    last_ns: np.ndarray  # int64[ns, n_sym]: recv_ns of the last top-trigger decision (throttle); every_n: tops seen
     limits: np.ndarray  # int64[2]: (throttle ns, staleness ns)
     sup: np.ndarray  # int64[ns, N_SUP]: suppressions
     sig: np.ndarray  # int64[ns, N_REASON_SLOTS]: signals by reason
@@ -360,6 +381,8 @@ def new_strategy_state(settings: SignalSettings, pend_capacity: int = 256) -> St
         st.qty[j] = s.qty
         st.params[j] = s.params
         st.sym_ok[j, list(s.symbols)] = 1
+        if s.type == TYPE_EVERY_N:
+            st.last_ns[j] = 0  # every_n: a count of top changes, not a time
         if s.type == TYPE_ML and settings.model is not None:
             st.model_id[j] = settings.model.model_id
     return st
@@ -376,10 +399,14 @@ def counter_names(settings: SignalSettings) -> dict[str, tuple[str, int, int]]:
     out = {}
     for j, s in enumerate(settings.strategies):
         reasons = {TYPE_RULE: (R_RULE_LONG, R_RULE_SHORT, R_RULE_EXIT), TYPE_ML: (R_ML_LONG, R_ML_SHORT, R_ML_EXIT),
-                   TYPE_PROBE: (R_TRACE_PROBE,)}[s.type]
+                   TYPE_PROBE: (R_TRACE_PROBE,), TYPE_EVERY_N: (R_EVERY_N_BUY, R_EVERY_N_EXIT)}[s.type]
         for r in reasons:
-            out[f"signals.{s.name}.{REASON_NAMES[r]}"] = ("sig", j, 7 if r == R_TRACE_PROBE else r)
-        if s.type != TYPE_PROBE:
+            out[f"signals.{s.name}.{REASON_NAMES[r]}"] = ("sig", j, PROBE_SLOT if r == R_TRACE_PROBE else r)
+        if s.type == TYPE_EVERY_N:
+            for k, why in enumerate(SUP_NAMES):
+                if why in ("book_invalid", "stale"):
+                    out[f"suppressed.{s.name}.{why}"] = ("sup", j, k)
+        elif s.type != TYPE_PROBE:
             for k, why in enumerate(SUP_NAMES):
                 if why == "model_budget" and not (settings.model is not None and settings.model.kind == MODEL_PICKLE):
                     continue
@@ -478,6 +505,34 @@ def ml_decide(st, s, sym, o):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
+def _every_n(st, fs, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
+    """``every_n``: on every Nth top-of-book change of a symbol, BUY when flat, CLOSE when long (a load and
+    latency-measurement strategy: it trades on a clock of ticks, not on a view). No warm-up; a valid, fresh
+    top is still required. ``last_ns[s, sym]`` counts the top changes."""
+    if trig != TRIG_TOP:
+        return k
+    sym = ev.symbol
+    st.last_ns[s, sym] += 1
+    if st.last_ns[s, sym] % np.int64(st.params[s, EP_EVERY]) != 0:
+        return k
+    t = fs.top[sym]
+    if t[TOP_VALID] == 0:
+        st.sup[s, SUP_BOOK_INVALID] += 1
+        return k
+    stale = st.limits[1]
+    if ev.recv_ns - t[TOP_RECV_NS] > stale or (now_ns > 0 and now_ns - ev.recv_ns > stale):
+        st.sup[s, SUP_STALE] += 1
+        return k
+    if st.intent[s, sym] == 0:
+        st.intent[s, sym] = 1
+        _fill(out[(seq + k) & mask], st, fs, s, ev, SIDE_BUY, 1.0, 1.0, R_EVERY_N_BUY, TRIGGER_TOP, book_seq)
+    else:
+        st.intent[s, sym] = 0
+        _fill(out[(seq + k) & mask], st, fs, s, ev, SIDE_CLOSE, 0.0, 1.0, R_EVERY_N_EXIT, TRIGGER_TOP, book_seq)
+    return k + 1
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
     """Strategy ``s`` on one triggering record; returns the new output count ``k``."""
     sym = ev.symbol
@@ -487,6 +542,8 @@ def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
         return k + 1
     if sym >= st.sym_ok.shape[1] or st.sym_ok[s, sym] == 0:
         return k
+    if typ == TYPE_EVERY_N:
+        return _every_n(st, fs, s, ev, trig, now_ns, out, seq, mask, k, book_seq)
     if trig == TRIG_BAR:
         if (st.on[s] & ON_BAR) == 0:
             return k

@@ -32,6 +32,9 @@ def ring_hop(ring: str, consumer: str) -> str:
 #: path, is not one)
 HOPS = ("feed",) + tuple(ring_hop(r, c) for r, (_, _, cons) in RINGS.items() for c in cons
                          if c not in HOSTED_CONSUMERS) + ("end_to_end",)
+#: execution against a venue (sim/live): tick received -> the order's bytes on the socket; order record
+#: published by risk -> bytes on the socket; bytes on the socket -> the venue's answer (the ack round trip)
+VENUE_HOPS = ("tick_to_order", "order_to_wire", "ack_rtt")
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,9 @@ class ExecutionStage(KernelStage):
         if has_venue(config):
             from processes.venue_exec import VenueExecutor
 
-            self.venue = VenueExecutor(config)
+            from core.topology import VENUE_HOPS
+
+            self.venue = VenueExecutor(config, hists=tuple(ctx.latency.hop(h).h for h in VENUE_HOPS))
         if self.paper:
             self.state = new_paper_state(config, self.batch, tuple(ctx.latency.hop(h).h for h in hops))
         else:
@@ -280,20 +282,110 @@ class ExecutionStage(KernelStage):
         self._journal_thread = threading.Thread(target=self.journal_writer.run, args=(self._journal_stop,),
                                                 name="journal", daemon=True)
         self._journal_thread.start()
+        lost = self._recover(journal)
         if self.venue is not None:
             self.venue.note_sent = self.journal_writer.note_sent
             self.venue.start()
+        else:
+            if lost:  # no venue keeps orders across a restart here (paper's book died with the process)
+                self._expire(lost)
+            self.ctx.event("reconciled", reason="no venue to reconcile" if not self.paper else "paper venue")
+
+    def _recover(self, journal) -> list[dict]:
+        """Start (and restart): let the journal catch up with what is in the rings (it releases only what it
+        committed, so a crash left the rest there), then load what it believes open. Returns the open
+        orders that will not come through the orders ring again (venue mode: loaded into the venue
+        executor, settled by its start reconciliation)."""
+        from core.records import ORD_NEW
+        from ringbuffers.ring import P_PUBLISH
+
+        w = self.journal_writer
+        heads = (int(w.orders.ctrl[P_PUBLISH]), int(w.reports.ctrl[P_PUBLISH]))
+        deadline = time.monotonic() + 5.0
+        while (w.orders.cursor < heads[0] or w.reports.cursor < heads[1]) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if w.orders.cursor < heads[0] or w.reports.cursor < heads[1]:
+            import logging
+
+            logging.getLogger("ringtrader.execution").error(
+                "the journal did not catch up with the rings in 5 s: open orders may be incomplete")
+        ring = self.ctx.inputs["orders"]
+        cur, head = ring.cursor, int(ring.ctrl[P_PUBLISH])
+        skip = {int(ring.slots[q & (ring.capacity - 1)]["client_order_id"]) for q in range(cur, head)
+                if int(ring.slots[q & (ring.capacity - 1)]["action"]) == ORD_NEW}
+        if self.venue is not None:
+            self.venue.load_journal(journal, skip_cids=skip)
+            return []
+        return [o for o in journal.open_orders() if o["cid"] not in skip and o["qty"] is not None]
+
+    def _expire(self, lost: list[dict]) -> None:
+        """Open orders of this epoch that no venue holds any more: EXPIRED reports, so risk and the journal
+        close them."""
+        import logging
+
+        from core.records import EX_EXPIRED, OS_EXPIRED
+
+        sym_id = {i.symbol: k for k, i in enumerate(self.config.instruments)}
+        recs = np.zeros(len(lost), EXEC_REPORT)
+        for d, o in zip(recs, lost):
+            d["client_order_id"], d["symbol"] = o["cid"], sym_id.get(o["symbol"], 0)
+            d["side"] = 1 if o["side"] == "BUY" else 2
+            d["exec_type"], d["status"], d["cum_qty"] = EX_EXPIRED, OS_EXPIRED, o["cum_qty"] or 0
+            d["order_id"], d["trade_id"], d["reject_code"] = -1, -1, -2013
+        self.writer.publish(recs)
+        logging.getLogger("ringtrader.execution").warning(
+            "%d open order(s) from before the restart are gone with the in-process venue: expired", len(lost))
+
+    def on_command(self, cmd: dict) -> bool:
+        if cmd.get("type") != "reconcile":
+            return False
+        if self.venue is not None:
+            self.venue.request_reconcile(str(cmd.get("reason", "requested")))
+        else:
+            self.ctx.event("reconciled", reason="no venue to reconcile" if not self.paper else "paper venue")
+        return True
 
     def on_close(self) -> None:
-        """Stop the journal after it drained both rings (what execution published before this is journaled)."""
+        """On shutdown: cancel our open orders or leave them (``execution.on_shutdown``), check the journal's
+        positions against the venue's balances, then stop the journal after it drained both rings (what
+        execution published before this is journaled)."""
         if self.venue is not None:
-            self.venue.close()
+            self._close_venue()
         if self._journal_thread is not None:
             self._journal_stop.set()
             self._journal_thread.join(10)
             self.journal_writer.close()
             self.journal_writer.journal.close()
             self._journal_thread = None
+
+    def _close_venue(self) -> None:
+        import logging
+
+        from processes.journal import Journal
+
+        lg = logging.getLogger("ringtrader.execution")
+        v = self.venue
+        try:
+            if self.config.execution.on_shutdown == "cancel" and v.orders:
+                n = len(v.orders)
+                v.call(v._cancel_all, 10.0)
+                deadline = time.monotonic() + 2.0
+                while v.orders and time.monotonic() < deadline:  # their CANCELED events
+                    time.sleep(0.01)
+                lg.info("shutdown: cancel-all of %d open order(s) (%d left)", n, len(v.orders))
+            self._publish_reports(v.take_reports())
+            deadline = time.monotonic() + 2.0  # the journal commits what was just published
+            w = self.journal_writer
+            from ringbuffers.ring import P_PUBLISH
+
+            while w.reports.cursor < int(w.reports.ctrl[P_PUBLISH]) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with Journal(w.journal.path, instance=self.config.instance, create=False) as j:
+                v.position_check = v.call(lambda: v.check_positions(j), 10.0) or {}
+        except Exception as exc:  # noqa: BLE001 - a shutdown check never fails the shutdown
+            lg.error("shutdown venue checks failed: %s", exc)
+            v.position_check = {"checked": False, "why": repr(exc)}
+        v.close()
 
     def counters(self) -> dict:
         out = super().counters()
@@ -342,6 +434,15 @@ class ExecutionStage(KernelStage):
             ring.release()
         out = v.take_reports()
         if probes or out:
+            self._publish_reports(out, probes)
+        n, lost, bad = nb_sink_ring(self.inputs[1], self.state.book, self.batch, self.state.hops[1])
+        self.state.counters[K_BOOK] += n
+        for typ, fields in self._drain_events():
+            self.ctx.event(typ, **fields)
+        return work + n + len(out)
+
+    def _publish_reports(self, out: list, probes=()) -> None:
+        if probes or out:
             recs = np.zeros(len(probes) + len(out), EXEC_REPORT)
             for i, r in enumerate(probes):
                 d = recs[i]
@@ -358,11 +459,6 @@ class ExecutionStage(KernelStage):
             if len(e2e):
                 nb_record_many(self.state.hops[2], (now - e2e).astype(np.int64))
             self.state.counters[K_REPORTS] += len(recs)
-        n, lost, bad = nb_sink_ring(self.inputs[1], self.state.book, self.batch, self.state.hops[1])
-        self.state.counters[K_BOOK] += n
-        for typ, fields in self._drain_events():
-            self.ctx.event(typ, **fields)
-        return work + n + len(out)
 
     def _drain_events(self):
         v = self.venue

@@ -4,8 +4,10 @@ Off the hot path
 ----------------
 ``JournalWriter`` is an ordinary consumer of the ``orders`` ring (risk ->
 execution) and the ``reports`` ring (execution -> risk). It copies a batch
-out of each ring, releases the slots at once, and writes the batch to SQLite
-in one transaction, on its own thread (or process). The execution loop never
+out of each ring, writes it to SQLite in one transaction, on its own thread
+(or process), and only then releases the slots; the transaction also
+records up to which ring seq it got (``meta`` ``ring/<name>``), so the
+journal is always an exact prefix of what the stages published. The execution loop never
 touches SQLite: the one thing it hands over that no ring carries, the send
 time, goes through ``JournalWriter.note_sent`` (a ``deque.append``, atomic in
 CPython, no lock, no syscall).
@@ -23,6 +25,9 @@ One SQLite database (standard library ``sqlite3``) in WAL mode.
   transactions committed since the last checkpoint's fsync, never corrupts.
   Anything lost is recovered by reconciliation against the venue
   (``open_orders``, ``last_trade_id``), which the journal is designed for.
+* A ``kill -9`` of the writer loses nothing that a stage published: records
+  are released from the rings only after their commit, so the next writer
+  reads the uncommitted batch again (writes are idempotent).
 * Client order id reservations (``IdReserver``): their own connection with
   ``synchronous=FULL``: the WAL is fsynced at the commit of every
   reservation, so a reserved block survives a power loss too, and with it
@@ -80,7 +85,20 @@ id already used) and the raw ring record (``raw``: the record's bytes,
 
 ``meta``: ``instance``, ``symbols`` (JSON: instrument id -> name of the last
 writer), ``cid_hwm/<instance>`` (id reservation high-water mark: ids below it
-are taken), ``last_trade_id/<symbol>``, ``duplicate_cids``, ``created_ms``.
+are taken), ``last_trade_id/<symbol>``, ``duplicate_cids``, ``created_ms``,
+``ring/<orders|reports>`` (JSON: the ring segment's token and the seq just
+past the last record committed), ``epoch`` (JSON: the rows of the venue
+account trading now, and its balances when trading began: ``Journal.epoch``).
+
+Epochs and restarts
+-------------------
+The local simulator and paper trading give every run a fresh account, so
+the supervisor starts a new epoch for them (``new_epoch``); against Binance
+the account, and the epoch, persist. Positions, open orders and
+reconciliation look at the current epoch. A restarting risk stage rebuilds
+its positions and open orders from one snapshot (``recovery``: the epoch's
+fills, its open orders, the ring marks) and reads the rings from the marks
+on; execution loads the open orders and settles them against the venue.
 """
 
 from __future__ import annotations
@@ -389,6 +407,12 @@ def _open_db(path: Path, *, create: bool, synchronous: str) -> sqlite3.Connectio
     return con
 
 
+_OPEN_KEYS = ("client_order_id", "instance", "cid", "action", "symbol", "symbol_id", "side", "type", "tif", "price", "qty",
+              "cum_qty", "state", "order_id", "origin", "reduce_only", "decided_ns", "sent_ns", "ref_px", "recv_ns")
+_OPEN_SQL = (f"SELECT {', '.join(_OPEN_KEYS)} FROM orders WHERE state_rank < ? AND (action = 'NEW' OR action IS NULL) "
+             "AND id > ? ORDER BY id")
+
+
 # ---------------------------------------------------------------------------
 # Journal
 # ---------------------------------------------------------------------------
@@ -529,10 +553,15 @@ class Journal:
         with self._tx() as cur:
             return self._write_reports(cur, recs, *self._stamp())
 
-    def record_batch(self, orders=None, sent=(), reports=None, lost: dict | None = None) -> int:
+    def record_batch(self, orders=None, sent=(), reports=None, lost: dict | None = None,
+                     marks: dict | None = None) -> int:
         """Orders, then sends, then reports, in ONE transaction (the writer's batch). ``lost``: ring name ->
-        records a lapped consumer lost (logged as a ``lost`` event)."""
+        records a lapped consumer lost (logged as a ``lost`` event). ``marks``: ring name -> (segment token,
+        seq just past the batch's last record of that ring), committed with the batch (``ring_mark``)."""
         with self._tx() as cur:
+            for ring, (token, seq) in (marks or {}).items():
+                cur.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                            (f"ring/{ring}", json.dumps({"token": token, "seq": int(seq)})))
             stamp = self._stamp()
             n = 0
             if orders is not None and len(orders):
@@ -776,32 +805,130 @@ class Journal:
         cur.execute(f"UPDATE orders SET {', '.join(sets)} WHERE client_order_id = ?", args + [cid_s])
         return moved or grew or (first and ack_ns is None)
 
+    # -- epochs: which rows belong to the venue account trading now ------------
+
+    def epoch(self) -> dict:
+        """The current epoch: ``{"n", "fill_id", "order_id", "started_ms", "reason", "baseline"}``. Rows with
+        ``id`` above ``fill_id`` / ``order_id`` belong to it. The journal of one instance outlives the venue
+        account it traded against when that account is not persistent (the local simulator and paper
+        trading start from fresh balances every run): the supervisor starts a new epoch then
+        (``new_epoch``), and positions, open orders and reconciliation look at this epoch only. Against
+        Binance the account persists, so does the epoch (n 0: the whole journal)."""
+        row = self.query("SELECT value FROM meta WHERE key = 'epoch'")
+        base = {"n": 0, "fill_id": 0, "order_id": 0, "started_ms": None, "reason": None, "baseline": None}
+        if row:
+            base.update(json.loads(row[0][0]))
+        return base
+
+    def new_epoch(self, reason: str) -> dict:
+        """Start a new epoch after every row journaled so far (a fresh venue account). Returns it."""
+        with self._tx() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            n = json.loads(row[0])["n"] + 1 if row else 1
+            ep = {"n": n, "fill_id": cur.execute("SELECT coalesce(max(id), 0) FROM fills").fetchone()[0],
+                  "order_id": cur.execute("SELECT coalesce(max(id), 0) FROM orders").fetchone()[0],
+                  "started_ms": time.time_ns() // 1_000_000, "reason": str(reason), "baseline": None}
+            cur.execute("INSERT INTO meta VALUES ('epoch', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (json.dumps(ep),))
+            cur.execute("INSERT INTO events (kind, note, journal_ns, written_ms) VALUES ('epoch', ?, ?, ?)",
+                        (f"epoch {n}: {reason}", *self._stamp()))
+        return ep
+
+    def set_baseline(self, balances: dict) -> bool:
+        """The venue's balances (asset -> total, fixed point) when the epoch's trading began; set once per
+        epoch (False: it was set already). Positions since then must equal the balances' change."""
+        with self._tx() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            ep = json.loads(row[0]) if row else {"n": 0, "fill_id": 0, "order_id": 0, "started_ms": None,
+                                                  "reason": "journal start", "baseline": None}
+            if ep.get("baseline") is not None:
+                return False
+            ep["baseline"] = {str(k): int(v) for k, v in balances.items()}
+            cur.execute("INSERT INTO meta VALUES ('epoch', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (json.dumps(ep),))
+        return True
+
+    def ring_mark(self, ring: str, token: str) -> int | None:
+        """The seq just past the last record of ring ``ring`` (segment ``token``) this journal committed, or
+        None when it committed nothing from that segment."""
+        row = self.query("SELECT value FROM meta WHERE key = ?", (f"ring/{ring}",))
+        if not row:
+            return None
+        mark = json.loads(row[0][0])
+        return int(mark["seq"]) if mark.get("token") == token else None
+
+    def recovery(self, marks: dict, cids=()) -> dict:
+        """What a restarting risk stage rebuilds from, read in ONE snapshot (a read transaction): this
+        epoch's fills (journal order), the orders it believes open, for each ring in ``marks`` (name ->
+        segment token) the seq just past the last record committed (None: nothing from it), and
+        ``states``: cid -> (state_rank, cum_qty) of this instance's orders among ``cids``."""
+        with self._lock:
+            con = self._con
+            try:
+                con.execute("BEGIN")
+                ep = con.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                ep = json.loads(ep[0]) if ep else {"fill_id": 0, "order_id": 0}
+                keys = ("symbol", "trade_id", "client_order_id", "side", "px", "qty", "commission",
+                        "commission_asset", "exch_ms")
+                fills = [dict(zip(keys, r)) for r in con.execute(
+                    f"SELECT {', '.join(keys)} FROM fills WHERE id > ? ORDER BY id", (ep["fill_id"],))]
+                opened = [dict(zip(_OPEN_KEYS, r)) for r in con.execute(_OPEN_SQL, (RANK_FINAL, ep["order_id"]))]
+                seqs = {}
+                for ring, token in marks.items():
+                    row = con.execute("SELECT value FROM meta WHERE key = ?", (f"ring/{ring}",)).fetchone()
+                    mark = json.loads(row[0]) if row else {}
+                    seqs[ring] = int(mark["seq"]) if mark.get("token") == token else None
+                states = {}
+                if cids:
+                    inst = self._need_instance()
+                    for cid in cids:
+                        row = con.execute("SELECT state_rank, cum_qty FROM orders WHERE instance = ? AND cid = ?",
+                                          (inst, int(cid))).fetchone()
+                        if row is not None:
+                            states[int(cid)] = (int(row[0]), int(row[1] or 0))
+                con.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise JournalError(f"journal {self.path}: {exc}") from exc
+        return {"fills": fills, "open_orders": opened, "marks": seqs, "epoch": ep, "states": states}
+
     # -- recovery queries ---------------------------------------------------
 
-    def open_orders(self) -> list[dict]:
-        """Orders (action NEW) the journal believes open: not final. ``INTENT`` / ``SENT`` rows may or may not
-        be at the venue (query them by client id); ``NEW`` / ``PARTIALLY_FILLED`` were acknowledged."""
-        rows = self.query("SELECT client_order_id, instance, cid, symbol, side, type, tif, price, qty, cum_qty, "
-                           "state, order_id, origin, decided_ns, sent_ns FROM orders "
-                           "WHERE state_rank < ? AND (action = 'NEW' OR action IS NULL) ORDER BY id", (RANK_FINAL,))
-        keys = ("client_order_id", "instance", "cid", "symbol", "side", "type", "tif", "price", "qty", "cum_qty",
-                "state", "order_id", "origin", "decided_ns", "sent_ns")
-        return [dict(zip(keys, r)) for r in rows]
+    def open_orders(self, *, epoch: bool = True) -> list[dict]:
+        """Orders (action NEW) the journal believes open: not final (of the current epoch unless ``epoch``
+        is False). ``INTENT`` / ``SENT`` rows may or may not be at the venue (query them by client id);
+        ``NEW`` / ``PARTIALLY_FILLED`` were acknowledged."""
+        start = self.epoch()["order_id"] if epoch else 0
+        return [dict(zip(_OPEN_KEYS, r)) for r in self.query(_OPEN_SQL, (RANK_FINAL, start))]
 
-    def last_trade_id(self, symbol: str) -> int | None:
+    def last_trade_id(self, symbol: str, *, epoch: bool = True) -> int | None:
         """The highest venue trade id journaled for ``symbol`` (fetch myTrades from the next one), or None."""
-        row = self.query("SELECT value FROM meta WHERE key = ?", (f"last_trade_id/{symbol}",))
-        return int(row[0][0]) if row else None
+        start = self.epoch()["fill_id"] if epoch else 0
+        row = self.query("SELECT max(trade_id) FROM fills WHERE symbol = ? AND id > ?", (symbol, start))
+        return None if row[0][0] is None else int(row[0][0])
 
-    def fills(self) -> list[dict]:
-        """Every fill, in (symbol, exch_ms, trade_id) order."""
+    def order_ids(self, *, epoch: bool = True) -> dict[int, tuple[int, str]]:
+        """Venue order id -> (cid, symbol) of this instance's orders (of the current epoch)."""
+        start = self.epoch()["order_id"] if epoch else 0
+        rows = self.query("SELECT order_id, cid, symbol FROM orders WHERE order_id IS NOT NULL AND order_id >= 0 "
+                          "AND instance = ? AND id > ?", (self._need_instance(), start))
+        return {int(o): (int(c), s) for o, c, s in rows}
+
+    def fills(self, *, epoch: bool = False) -> list[dict]:
+        """Every fill (of the current epoch with ``epoch``), in (symbol, exch_ms, trade_id) order."""
+        start = self.epoch()["fill_id"] if epoch else 0
         keys = ("symbol", "trade_id", "client_order_id", "side", "px", "qty", "commission", "commission_asset",
                 "is_maker", "exch_ms", "ref_px", "slip_bps")
-        rows = self.query(f"SELECT {', '.join(keys)} FROM fills ORDER BY symbol, exch_ms, trade_id")
+        rows = self.query(f"SELECT {', '.join(keys)} FROM fills WHERE id > ? ORDER BY symbol, exch_ms, trade_id",
+                          (start,))
         return [dict(zip(keys, r)) for r in rows]
 
-    def positions(self, method: str = "fifo") -> dict[str, dict]:
-        """symbol -> ``core.pnl.PnlBook.snapshot`` of the journaled fills under ``method`` (fifo/lifo/average).
+    def positions(self, method: str = "fifo", *, epoch: bool = False) -> dict[str, dict]:
+        """symbol -> ``core.pnl.PnlBook.snapshot`` of the journaled fills under ``method`` (fifo/lifo/average)
+        (of the current epoch with ``epoch``: what the venue account of this run holds).
 
         Commissions: ``QUOTE`` a fee, ``BASE`` moves the position, ``OTHER``
         (e.g. BNB) per asset id 0, unpriced (core/pnl.py's rules). A fill core.pnl
@@ -812,7 +939,7 @@ class Journal:
         if method not in METHOD_IDS:
             raise ValueError(f"method must be one of {sorted(METHOD_IDS)}, got {method!r}")
         by_symbol: dict[str, list[dict]] = {}
-        for f in self.fills():
+        for f in self.fills(epoch=epoch):
             by_symbol.setdefault(f["symbol"], []).append(f)
         if not by_symbol:
             return {}
@@ -1036,8 +1163,9 @@ class JournalWriter:
         self.idle_s = idle_s
         self.backlog_max = backlog_max
         self._sent: collections.deque = collections.deque()
-        self._pending: list[tuple] = []  # batches whose write failed: (orders, sent, reports, lost)
+        self._pending: list[tuple] = []  # batches whose write failed: (orders, sent, reports, lost, marks)
         self._pending_n = 0
+        self._tokens = (getattr(orders, "token", ""), getattr(reports, "token", ""))
         self.stats = collections.Counter()  # batches, orders, reports, sent, lost, write_errors, dropped
 
     @classmethod
@@ -1058,71 +1186,78 @@ class JournalWriter:
         """Execution handed order ``cid`` to the venue at ``sent_ns`` (CLOCK_MONOTONIC ns). Any thread."""
         self._sent.append((cid, sent_ns))
 
-    def _take(self, ring, dtype) -> tuple[np.ndarray, int]:
-        """Copy up to ``batch`` records out of ``ring`` (two polls: a poll stops at the wrap) and release."""
-        parts = []
-        lost = 0
-        want = self.batch
-        for _ in range(2):
-            p = ring.poll(want)
-            try:
-                lost += p.lost
-                if len(p.records):
-                    parts.append(p.records.copy())
-            finally:
-                ring.release()
-            want -= len(p.records)
-            if not len(p.records) or want <= 0:
-                break
-        if not parts:
-            return np.empty(0, dtype), lost
-        if len(parts) == 1:
-            return parts[0], lost
-        from core.records import concat_records
-
-        return concat_records(parts, dtype), lost
+    def _peek(self, ring) -> tuple[np.ndarray, int]:
+        """Copy up to ``batch`` unread records out of ``ring`` without releasing them: ``(records, end seq)``."""
+        return ring.peek(self.batch)
 
     def step(self) -> int:
-        """Copy what the rings hold (and the sends noted), journal it in one transaction. Returns records taken."""
-        orders, lost_o = self._take(self.orders, ORDER_REQUEST)
-        reports, lost_r = self._take(self.reports, EXEC_REPORT)
+        """Copy what the rings hold (and the sends noted), journal it in one transaction, then release the
+        slots. Returns records taken.
+
+        Released only once committed: a writer killed before its commit leaves the records in the rings
+        for the next one (the rings are ``block``, nothing is overwritten), so the journal holds every
+        order and report that was published, in ring order, and its ``ring/<name>`` marks say up to where
+        (a restarting risk stage rebuilds from exactly that: processes/risk.py). When writes fail (a full
+        disk), batches are released into an in-memory backlog instead so trading is never blocked by the
+        journal; reconciliation against the venue covers what a crash then loses."""
+        orders, end_o = self._peek(self.orders)
+        reports, end_r = self._peek(self.reports)
         sent = []
         while self._sent and len(sent) < self.batch:
             sent.append(self._sent.popleft())
         n = len(orders) + len(reports) + len(sent)
-        lost = {"orders": lost_o, "reports": lost_r}
-        if n or lost_o or lost_r:
-            self._pending.append((orders, sent, reports, lost))
+        if not n:
+            if self._pending:
+                self._flush()
+            return 0
+        marks = {}
+        if len(orders):
+            marks["orders"] = (self._tokens[0], end_o)
+        if len(reports):
+            marks["reports"] = (self._tokens[1], end_r)
+        self.stats["orders"] += len(orders)
+        self.stats["reports"] += len(reports)
+        self.stats["sent"] += len(sent)
+        batch = (orders, sent, reports, {}, marks)
+        if self._pending:  # a backlog of failed writes goes first, in order
+            self._pending.append(batch)
             self._pending_n += n
-            self.stats["orders"] += len(orders)
-            self.stats["reports"] += len(reports)
-            self.stats["sent"] += len(sent)
-            self.stats["lost"] += lost_o + lost_r
-        if self._pending:
             self._flush()
+        elif self._write(batch, n) is False:  # kept for a retry at the next step
+            self._pending.append(batch)
+            self._pending_n += n
+        self.orders.release_to(end_o)
+        self.reports.release_to(end_r)
         return n
+
+    def _write(self, batch, new: int = 0) -> bool | None:
+        orders, sent, reports, lost, marks = batch
+        k = len(orders) + len(sent) + len(reports)
+        try:
+            self.journal.record_batch(orders, sent, reports, lost, marks)
+        except (JournalError, sqlite3.OperationalError) as exc:  # disk full, I/O error, locked: retry later
+            self.stats["write_errors"] += 1
+            log.error("journal write failed (%d records kept for a retry): %s", self._pending_n + new, exc)
+            return False
+        except Exception:  # a batch that can never be written (a bug): drop it, never stop journaling
+            self.stats["write_errors"] += 1
+            self.stats["dropped"] += k
+            log.exception("journal write failed for good: %d records dropped", k)
+            return None
+        self.stats["batches"] += 1
+        return True
 
     def _flush(self) -> None:
         while self._pending:
-            orders, sent, reports, lost = self._pending[0]
-            k = len(orders) + len(sent) + len(reports)
-            try:
-                self.journal.record_batch(orders, sent, reports, lost)
-            except (JournalError, sqlite3.OperationalError) as exc:  # disk full, I/O error, locked: retry later
-                self.stats["write_errors"] += 1
-                log.error("journal write failed (%d records kept for a retry): %s", self._pending_n, exc)
+            batch = self._pending[0]
+            k = len(batch[0]) + len(batch[1]) + len(batch[2])
+            if self._write(batch) is False:
                 while self._pending_n > self.backlog_max and len(self._pending) > 1:
-                    o, s, r, _ = self._pending.pop(0)
+                    o, s, r, _, _ = self._pending.pop(0)
                     n = len(o) + len(s) + len(r)
                     self._pending_n -= n
                     self.stats["dropped"] += n
                 return
-            except Exception:  # a batch that can never be written (a bug): drop it, never stop journaling
-                self.stats["write_errors"] += 1
-                self.stats["dropped"] += k
-                log.exception("journal write failed for good: %d records dropped", k)
-            else:
-                self.stats["batches"] += 1
             self._pending.pop(0)
             self._pending_n -= k
 

@@ -16,10 +16,17 @@ Operator commands (``on_command``; the supervisor's control socket and
 trip), ``reduce_only``, ``flatten`` (REDUCE_ONLY + an exit for every
 position), ``clock_offset`` (``offset_ms``: execution's measurement).
 
-Restart: a process restarted after a crash (incarnation > 1) comes back
-REDUCE_ONLY: its positions start flat here until execution's reconciliation
-(the execution issue) rebuilds them, so it must not open anything; an
-operator ``resume`` returns it to ACTIVE.
+Start and restart: positions and open orders are rebuilt from the journal
+(``_restore``): one snapshot of the current epoch's fills and open orders
+and of how far the journal got in each ring; intents the journal had not
+committed yet are read back from the orders ring (the journal releases only
+what it committed, so they are still there), and the reports ring is read
+from the journal's mark on, so no fill is applied twice or missed. A
+restarted process, or one that found positions or open orders, is
+REDUCE_ONLY until execution has reconciled the venue against the journal:
+it asks (the ``reconcile`` event, routed to execution) and execution
+answers ``reconciled`` (a command here), which returns it to ACTIVE unless
+an operator command came in between (the operator's word stands).
 """
 
 from __future__ import annotations
@@ -368,7 +375,7 @@ class RiskStage(KernelStage):
         self.orders = ring_out(ctx.outputs["orders"])
         self.writer = RingWriter(ctx.outputs["orders"], ctx, scratch=1)  # waits on a full ring (execution is behind)
         self.batch = ctx.process.batch
-        restarted = getattr(ctx.process, "incarnation", 1) > 1
+        restarted = getattr(ctx, "incarnation", 1) > 1
         # client order ids: blocks reserved durably in the journal before any is used, so an id is never
         # reused across restarts and spare takeovers (processes.journal.IdReserver)
         from processes.journal import IdReserver, journal_path
@@ -378,9 +385,115 @@ class RiskStage(KernelStage):
         self.ids = IdReserver(path, config.instance, block=ID_BLOCK)
         first, end = self.ids.reserve_block()
         self.state = new_state(config, self.batch, tuple(ctx.latency.hop(ring_hop(r, "risk")).h for r in PRIORITY),
-                               first_cid=first, cid_end=end, state=REDUCE_ONLY if restarted else ACTIVE)
-        if restarted:
-            log.warning("risk restarted: REDUCE_ONLY until positions are reconciled and an operator resumes")
+                               first_cid=first, cid_end=end)
+        self.restored = self._restore(path)
+        # REDUCE_ONLY until execution says the venue was reconciled (its "reconciled" event) when there is
+        # anything to reconcile: a restart, or positions / open orders carried over from the journal
+        self.awaiting_reconcile = restarted or bool(self.restored["positions"] or self.restored["open_orders"])
+        if self.awaiting_reconcile:
+            self.state.risk.hdr[H_STATE] = REDUCE_ONLY
+            log.warning("risk %s with %d position(s) and %d open order(s) from the journal: REDUCE_ONLY until "
+                        "execution has reconciled them with the venue", "restarted" if restarted else "started",
+                        self.restored["positions"], self.restored["open_orders"], extra=dict(self.restored))
+
+    def on_start(self) -> None:
+        if self.awaiting_reconcile:
+            self.ctx.event("reconcile", reason="risk restarted")  # routed to execution: it answers "reconciled"
+
+    def _restore(self, path) -> dict:
+        """Rebuild positions and open orders from the journal and the rings (see the module docstring).
+
+        One journal snapshot (``Journal.recovery``) gives this epoch's fills, the orders it believes open,
+        and the seq up to which it committed each ring. Fills go through ``pnl_apply`` in journal order;
+        open orders into the open-order table (with what is filled). Intents this stage published that the
+        journal had not committed are still in the orders ring (the journal releases only what it
+        committed): they are read from there. The reports ring is then read from the journal's mark on, so
+        every report is applied exactly once: the ones below the mark are in the snapshot."""
+        from core.pnl import COMM_BASE, COMM_OTHER, COMM_QUOTE, STATUS_NAMES, pnl_apply
+        from core.records import ORD_NEW, ORIGIN_STRATEGY, SIDE_BUY, SIDE_SELL
+        from core.risk_kernels import restore_order
+        from processes.journal import Journal
+        from ringbuffers.ring import C_CURSOR, P_PUBLISH, consumer_word
+
+        st = self.state.risk
+        out = {"fills": 0, "positions": 0, "open_orders": 0, "skipped": 0, "ring_intents": 0}
+        rep_ring = self.ctx.inputs.get("reports")
+        ord_ring = self.ctx.outputs.get("orders")
+        ji_o = RINGS["orders"][2].index("journal")
+        ji_r = RINGS["reports"][2].index("journal")
+        if rep_ring is None or ord_ring is None or not path.exists() or ord_ring.consumers <= ji_o \
+                or rep_ring.consumers <= ji_r:  # no journal behind these rings (a test's private rings)
+            return out
+        octrl = ord_ring.ctrl
+        # intents published and maybe not journaled: from the journal's cursor (it protects them) to the head
+        o_start = int(octrl[consumer_word(ji_o, C_CURSOR)])
+        o_head = int(octrl[P_PUBLISH])
+        backlog = [ord_ring.slots[q & (ord_ring.capacity - 1)].copy() for q in range(o_start, o_head)]
+        cids = [int(r["client_order_id"]) for r in backlog if int(r["action"]) == ORD_NEW]
+        with Journal(path, instance=self.config.instance, create=False) as j:
+            snap = j.recovery({"orders": ord_ring.token, "reports": rep_ring.token}, cids=cids)
+        sym_id = {s: i for i, s in enumerate(self.symbols)}
+        comm = {"QUOTE": COMM_QUOTE, "BASE": COMM_BASE, "OTHER": COMM_OTHER}
+        for f in snap["fills"]:
+            s = sym_id.get(f["symbol"])
+            side = SIDE_BUY if f["side"] == "BUY" else SIDE_SELL if f["side"] == "SELL" else 0
+            if s is None or not side:
+                out["skipped"] += 1
+                log.error("journal fill %s trade %s: not an instrument of this config (or no side): its position "
+                          "is not managed here", f["symbol"], f["trade_id"])
+                continue
+            code = pnl_apply(st.pnl, s, side, f["px"], f["qty"], f["commission"], comm.get(f["commission_asset"],
+                                                                                         COMM_OTHER), 0)
+            if code != 0:
+                st.cnt[C_PNL_REFUSED] += 1
+                log.error("journal fill %s trade %s refused by core.pnl (%s)", f["symbol"], f["trade_id"],
+                          STATUS_NAMES[int(code)])
+            out["fills"] += 1
+
+        def is_exit(origin, reduce_only) -> bool:
+            return bool(reduce_only) or origin not in (None, "STRATEGY", ORIGIN_STRATEGY)
+
+        seen = set()
+        for o in snap["open_orders"]:
+            s = sym_id.get(o["symbol"])
+            if o["qty"] is None or s is None:  # a row made by a report before its intent: the intent decides
+                continue
+            side = SIDE_BUY if o["side"] == "BUY" else SIDE_SELL
+            if restore_order(st, o["cid"], s, side, o["qty"], o["cum_qty"] or 0, is_exit(o["origin"], o["reduce_only"])):
+                out["open_orders"] += 1
+                seen.add(o["cid"])
+        o_mark = snap["marks"]["orders"]
+        first_new = o_mark if o_mark is not None else o_start
+        for q, r in zip(range(o_start, o_head), backlog):
+            cid = int(r["client_order_id"])
+            if q < first_new or int(r["action"]) != ORD_NEW or cid in seen:
+                continue
+            rank, cum = snap["states"].get(cid, (0, 0))
+            if rank >= 4:  # its final report was journaled before its intent
+                continue
+            if restore_order(st, cid, int(r["symbol"]), int(r["side"]), int(r["qty"]), cum or 0,
+                             is_exit(int(r["origin"]), int(r["reduce_only"]))):
+                out["ring_intents"] += 1
+                out["open_orders"] += 1
+        # reports: from the journal's mark on (below it: in the snapshot)
+        rctrl = rep_ring.ctrl
+        mark = snap["marks"]["reports"]
+        j_cur = int(rctrl[consumer_word(ji_r, C_CURSOR)])
+        own = int(rctrl[consumer_word(rep_ring.consumer_index, C_CURSOR)])
+        start = mark if mark is not None else j_cur
+        if start < min(j_cur, own):  # the journal released past its commits (a write backlog): not protected
+            log.error("the journal is behind its reports cursor (a write backlog?): reports %d..%d are taken as "
+                      "applied; reconciliation with the venue covers them", start, min(j_cur, own))
+            start = min(j_cur, own)
+        rctrl[consumer_word(rep_ring.consumer_index, C_CURSOR)] = start
+        out["positions"] = sum(1 for s in range(len(self.symbols)) if position(st, s) != 0)
+        out["reports_from"] = start
+        out["reports_rewound"] = own - start
+        if out["fills"] or out["open_orders"]:
+            log.info("risk rebuilt %d fill(s), %d position(s), %d open order(s) (%d from the orders ring) from the "
+                     "journal; reports resume at seq %d (%+d)", out["fills"], out["positions"], out["open_orders"],
+                     out["ring_intents"], start, start - own)
+        return out
 
     def step(self) -> int:
         n = risk_step(self.state, self.inputs, self.orders, self.batch, SIGNAL_CI)
@@ -418,8 +531,20 @@ class RiskStage(KernelStage):
                     self.state.exits[s] = ORIGIN_OPERATOR
         elif t == "clock_offset":
             st.hdr[H_CLOCK_MS] = int(cmd.get("offset_ms", 0))
+            return True
+        elif t == "reconciled":  # execution has reconciled the venue with the journal
+            if not self.awaiting_reconcile:
+                return True
+            self.awaiting_reconcile = False
+            if st.hdr[H_STATE] == REDUCE_ONLY:
+                st.hdr[H_STATE] = ACTIVE
+            log.info("execution reconciled the venue: state %s", STATE_NAMES[int(st.hdr[H_STATE])],
+                     extra={"command": t})
+            return True
         else:
             return False
+        if cmd.get("origin") == "operator" or t in ("halt", "resume"):
+            self.awaiting_reconcile = False  # the operator's word stands over the automatic return to ACTIVE
         log.info("operator command %s: state %s", t, STATE_NAMES[int(st.hdr[H_STATE])], extra={"command": t})
         return True
 

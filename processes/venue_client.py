@@ -656,6 +656,9 @@ class _VenueApi:
     clock: ClockSync
     limiter: RateLimiter
     stats: ClientStats
+    #: ``on_sent(client_order_id, monotonic_ns)``: an order.place request's bytes were written to the socket
+    #: (WS: the frame handed to the transport; REST: httpx's "request body sent" trace event)
+    on_sent: Callable[[str, int], Any] | None = None
 
     async def _call(self, method: str, params: dict[str, Any], *, signed: bool, weight: int) -> Any:
         raise NotImplementedError
@@ -859,8 +862,18 @@ class RestClient(_VenueApi):
                 headers = None
             url = f"{path}?{query}" if query else path
             timeout = self.order_timeout_s if method in ORDER_ENTRY else self.timeout_s
+            ext = None
+            if self.on_sent is not None and method == "order.place":
+                cid = str(params.get("newClientOrderId", ""))
+                hook = self.on_sent
+
+                async def trace(event: str, info: dict) -> None:
+                    if event.endswith("send_request_body.complete"):
+                        hook(cid, time.monotonic_ns())
+
+                ext = {"trace": trace}
             try:
-                resp = await http.request(verb, url, headers=headers, timeout=timeout)
+                resp = await http.request(verb, url, headers=headers, timeout=timeout, extensions=ext)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 err = _no_answer(method, "not_sent", f"{type(exc).__name__}: {exc}", params, sent=False)
                 self._count(err)
@@ -1323,6 +1336,8 @@ class WsApiClient(_VenueApi):
             err = _no_answer(method, "not_sent", f"send failed: {exc!r}", params, sent=False)
             self._count(err)
             raise err from exc
+        if self.on_sent is not None and method == "order.place":
+            self.on_sent(str(p.get("newClientOrderId", "")), time.monotonic_ns())
         timeout = self.order_timeout_s if method in ORDER_ENTRY else self.request_timeout_s
         timer = loop.call_later(timeout, _expire, fut)
         try:

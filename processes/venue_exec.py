@@ -21,9 +21,22 @@ Exactly once (``_place``)
 * 429: the limiter pauses new orders for Retry-After; the order is retried after it (it was not executed).
   418: trading halts (an ``alert`` event and a ``halt`` event routed to risk); the order is rejected.
 
-Reconciliation (at start and after every reconnect): open orders and fills since the last trade id seen
-per symbol are read from the venue; fills we never reported are reported, and every difference is
-logged and counted (``reconcile_*``). ``reconciled`` is 1 once the first one completed.
+Transport (``execution.transport``): ``ws`` sends orders and queries on the WebSocket API session;
+``rest`` sends them over REST (one keep-alive ``httpx`` client, ``rest_url``) with the same clock and
+limiter. The user-data stream is always the session's (Binance has no other since the listenKey's end).
+
+Reconciliation (at start, after every reconnect, and when a restarted risk stage asks): open orders and
+fills since the last trade id seen per symbol are read from the venue (myTrades carries no client id:
+the order id says whose a trade is); fills we never reported are reported, and every difference is
+logged and counted (``reconcile_*``). ``reconciled`` is 1 once the first one completed; each one ends
+with a ``reconciled`` event, routed to risk (it leaves REDUCE_ONLY after a restart).
+
+Restart (``load_journal``, before ``start``): the journal's open orders of this epoch are tracked again
+and settled by the start reconciliation (one the journal saw only as an intent and the venue does not
+know expires: it never left); trades already journaled are never reported again. The first
+reconciliation of an epoch records the venue's balances in the journal (its baseline); at shutdown
+``check_positions`` compares the journal's positions with the balances' change since
+(``position_mismatches``).
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from typing import Any
 
 from core.errors import RateLimitedError, VenueError
 from core.fixedpoint import from_fixed, to_fixed
+from core.latency import nb_record
 from core.records import (
     EX_CANCELED,
     EX_EXPIRED,
@@ -94,7 +108,7 @@ def _assets(cfg) -> dict[str, tuple[str, str]]:
 
 
 class VenueExecutor:
-    def __init__(self, config, *, note_sent=None):
+    def __init__(self, config, *, note_sent=None, hists=None):
         from processes.journal import client_order_id_str
 
         self.cfg = config
@@ -113,6 +127,7 @@ class VenueExecutor:
         self.rng = random.Random()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = None
+        self.api = None  # where orders and queries go: the WS API session, or a RestClient (execution.transport)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -122,6 +137,12 @@ class VenueExecutor:
         self._lock = threading.Lock()
         self._up = False  # the session is up: submit() hands orders to the loop directly
         self._pending: collections.deque = collections.deque()
+        self.known: dict[int, dict] = {}  # venue order id -> the order (from the journal or acks): for myTrades
+        self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
+        self.position_check: dict = {}
+        # latency (core.latency arrays; the stage's hops VENUE_HOPS): tick -> order bytes on the socket,
+        # order record published by risk -> bytes on the socket, bytes on the socket -> the venue's answer
+        self.hists = hists
 
     # -- the stage's side (its duty-cycle thread) --------------------------------------------------
     def start(self, wait_s: float = 0.0) -> None:
@@ -142,6 +163,58 @@ class VenueExecutor:
                 return
         self.loop.call_soon_threadsafe(self._dispatch, rec)
 
+    def load_journal(self, journal, skip_cids=()) -> int:
+        """Before ``start``: what the journal knows of this epoch (restart after a crash, or a persistent
+        venue account). Open orders are tracked again and settled by the start reconciliation (an order the
+        journal saw only as an intent, not at the venue, expires); trades already journaled are never
+        reported again; myTrades resumes after the last one. ``skip_cids``: intents still in the orders
+        ring (the duty cycle hands them over as usual). Returns the open orders loaded."""
+        self.journal_path = journal.path
+        sides = {"BUY": SIDE_BUY, "SELL": 2}
+        types = {v: k for k, v in TYPES.items()}
+        now = time.monotonic()
+        n = 0
+        for o in journal.open_orders():
+            if o["cid"] in skip_cids or o["symbol"] not in self.sym_id or o["qty"] is None:
+                continue
+            rec = {"action": ORD_NEW, "client_order_id": int(o["cid"]), "orig_client_order_id": 0,
+                   "symbol": self.sym_id[o["symbol"]], "side": sides.get(o["side"], 0),
+                   "order_type": types.get(o["type"], OT_MARKET), "tif": 0, "price": int(o["price"] or 0),
+                   "qty": int(o["qty"]), "recv_ns": int(o["recv_ns"] or 0), "pub_ns": 0,
+                   "ref_px": int(o["ref_px"] or 0), "state": OS_NEW, "cum_qty": int(o["cum_qty"] or 0),
+                   "acked_at": now, "restored": o["state"]}
+            self.orders[rec["client_order_id"]] = rec
+            if o["order_id"] is not None and o["order_id"] >= 0:
+                self.known[int(o["order_id"])] = rec
+            n += 1
+        for f in journal.fills(epoch=True):
+            self.seen.add(("trade", f["symbol"], int(f["trade_id"])))
+        for oid, (cid, sym) in journal.order_ids().items():
+            if oid not in self.known and sym in self.sym_id:
+                row = journal.query("SELECT side, qty FROM orders WHERE instance = ? AND cid = ?",
+                                    (self.instance, cid))
+                if row and row[0][1] is not None:
+                    self.known[oid] = {"client_order_id": cid, "symbol": self.sym_id[sym],
+                                       "side": sides.get(row[0][0], 0), "qty": int(row[0][1]), "ref_px": 0}
+        for sym in self.symbols:
+            t = journal.last_trade_id(sym)
+            if t is not None:
+                self.last_trade[sym] = t
+        self.stats["restored_open_orders"] += n
+        return n
+
+    def request_reconcile(self, why: str) -> None:
+        """From the stage's thread: reconcile now (a restarted risk asks); answered by a ``reconciled`` event."""
+        if self.loop is not None and self._up:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._reconcile(why)))
+
+    def call(self, coro_fn, timeout_s: float = 5.0):
+        """Run ``coro_fn()`` on the venue loop from another thread and wait for it (None when not up)."""
+        if self.loop is None or not self._up:
+            return None
+        fut = asyncio.run_coroutine_threadsafe(coro_fn(), self.loop)
+        return fut.result(timeout_s)
+
     def take_reports(self, max_n: int = 4096) -> list[dict]:
         out = []
         while self.reports and len(out) < max_n:
@@ -157,6 +230,10 @@ class VenueExecutor:
     def counters(self) -> dict:
         out = {f"venue_{k}": int(v) for k, v in self.stats.items()}
         out["reconciled"] = int(self.reconciled)
+        pc = self.position_check
+        if pc:
+            out["positions_checked"] = int(bool(pc.get("checked")))
+            out["position_mismatches"] = int(pc.get("mismatches", 0))
         if self.client is not None:
             out["venue_connected"] = int(self.client.connected)
         return out
@@ -204,10 +281,22 @@ class VenueExecutor:
                                   on_reconnect=self._on_reconnect, limiter=limiter,
                                   recv_window_ms=ex.recv_window_ms, order_timeout_s=ex.order_timeout_ms / 1000)
         limiter.clock_ms = self.client.clock.now_ms
+        self.api = self.client
+        self.client.on_sent = self._on_sent
+        if ex.transport == "rest":  # orders and queries over REST; the user-data stream stays on the session
+            from processes.venue_client import RestClient
+
+            self.api = RestClient(rest_url(self.cfg), cred.api_key, cred.signer, recv_window_ms=ex.recv_window_ms,
+                                  order_timeout_s=ex.order_timeout_ms / 1000, clock=self.client.clock,
+                                  limiter=limiter)
+            self.client.on_sent = None
+            self.api.on_sent = self._on_sent
         delay = 0.5
         while True:  # the venue may be down at start: keep trying (orders wait in the queue meanwhile)
             try:
                 await self.client.start()
+                if self.api is not self.client:
+                    await self.api.start()
                 break
             except Exception as exc:  # noqa: BLE001 - logged, retried with backoff until stopped
                 self.stats["start_failures"] += 1
@@ -229,6 +318,8 @@ class VenueExecutor:
         sweeper = asyncio.get_running_loop().create_task(self._sweep())
         await self._stop.wait()
         sweeper.cancel()
+        if self.api is not self.client:
+            await self.api.aclose()
         await self.client.close()
 
     async def _sweep(self, every_s: float = 1.0, quiet_s: float = 2.0) -> None:
@@ -244,11 +335,29 @@ class VenueExecutor:
     async def _resettle(self, o: dict) -> None:
         self.stats["resettled"] += 1
         found = await self._settle(self.symbols[o["symbol"]], self.wire(o["client_order_id"]))
-        if found is None:  # acknowledged, yet unknown to the venue: should not happen; report it, loudly
+        if found is None:
+            if o.get("restored") in ("INTENT", "SENT"):  # from the journal; it never reached the venue
+                self.stats["restored_never_sent"] += 1
+                log.warning("order %s (journaled as %s before the restart) never reached the venue: expired",
+                            self.wire(o["client_order_id"]), o["restored"])
+                self._report(o, exec_type=EX_EXPIRED, status=OS_EXPIRED, reject_code=-2013)
+                self.orders.pop(o["client_order_id"], None)
+                return
             log.error("order %s was acknowledged but the venue does not know it", o["client_order_id"])
             self._reject(o, -2013)
             return
         await self._adopt(o, found)
+
+    def _on_sent(self, wire: str, ns: int) -> None:
+        cid = _cid_of(wire, self.instance)
+        o = self.orders.get(cid) if cid is not None else None
+        if o is None or self.hists is None or o.get("wire_ns"):
+            return  # a retry's resend is not the order's latency
+        o["wire_ns"] = ns
+        if o.get("recv_ns", 0) > 0:
+            nb_record(self.hists[0], ns - o["recv_ns"])
+        if o.get("pub_ns", 0) > 0:
+            nb_record(self.hists[1], ns - o["pub_ns"])
 
     def _halt(self, why: str) -> None:
         self.stats["halts"] += 1
@@ -308,11 +417,13 @@ class VenueExecutor:
                 o["phase"] = f"sending#{attempts}"
                 self.note_sent(cid, time.monotonic_ns())
                 self.stats["sent"] += 1
-                await self.client.place_order(**params)
+                await self.api.place_order(**params)
                 self.stats["acked"] += 1
                 o = self.orders.get(cid)
                 if o is not None:
                     o["acked_at"] = time.monotonic()
+                    if self.hists is not None and o.get("wire_ns"):
+                        nb_record(self.hists[2], time.monotonic_ns() - o["wire_ns"])
                 return
             except RateLimitedError as exc:
                 if exc.status == 418:
@@ -355,7 +466,7 @@ class VenueExecutor:
         delay = 0.05
         while True:
             try:
-                return await self.client.query_order(symbol, orig_client_order_id=wire)
+                return await self.api.query_order(symbol, orig_client_order_id=wire)
             except VenueError as exc:
                 if exc.code == -2013:
                     return None
@@ -385,7 +496,8 @@ class VenueExecutor:
     async def _adopt(self, rec: dict, order: dict) -> None:
         """An order the venue has although we never saw its answer: report what the events may have missed."""
         symbol = order["symbol"]
-        trades = await self._read(self.client.my_trades, symbol, orderId=int(order["orderId"]))
+        self.known[int(order["orderId"])] = rec
+        trades = await self._read(self.api.my_trades, symbol, orderId=int(order["orderId"]))
         for t in trades:
             self._trade_from_rest(rec, order, t)
         st = STATUSES.get(order.get("status", ""), OS_NEW)
@@ -422,7 +534,7 @@ class VenueExecutor:
 
     async def _cancel(self, rec: dict) -> None:
         try:
-            await self.client.cancel_order(self.symbols[rec["symbol"]],
+            await self.api.cancel_order(self.symbols[rec["symbol"]],
                                            orig_client_order_id=self.wire(rec["orig_client_order_id"]))
         except Exception as exc:  # noqa: BLE001 - counted; the stream or reconciliation tells the truth
             self.stats["cancel_errors"] += 1
@@ -431,7 +543,7 @@ class VenueExecutor:
     async def _cancel_all(self) -> None:
         for symbol in self.symbols:
             try:
-                await self.client.cancel_all(symbol)
+                await self.api.cancel_all(symbol)
                 self.stats["cancel_all"] += 1
             except VenueError as exc:
                 if exc.code != -2011:  # "Unknown order sent": nothing was open
@@ -447,7 +559,7 @@ class VenueExecutor:
         """Open orders and fills since the last trade id we reported, from the venue; report what we missed."""
         try:
             for symbol in self.symbols:
-                opened = await self._read(self.client.open_orders, symbol)
+                opened = await self._read(self.api.open_orders, symbol)
                 theirs = {o["clientOrderId"] for o in opened}
                 ours = {self.wire(c) for c, o in self.orders.items() if o["symbol"] == self.sym_id[symbol]
                         and o.get("state") not in FINAL}
@@ -459,20 +571,62 @@ class VenueExecutor:
                     self.stats["reconcile_unknown_open"] += 1
                     log.warning("reconcile (%s): the venue has an open order we do not track: %s", why, w)
                 since = self.last_trade.get(symbol)
-                if since is not None:
-                    for t in await self._read(self.client.my_trades, symbol, from_id=since + 1):
-                        cid = _cid_of(t.get("clientOrderId"), self.instance)
-                        rec = self.orders.get(cid) if cid is not None else None
-                        if rec is None:
-                            continue  # not ours in this run (reported by the venue's own history)
+                if since is not None:  # myTrades carries no client id: the order id says whose it is
+                    for t in await self._read(self.api.my_trades, symbol, from_id=since + 1):
+                        rec = self.known.get(int(t["orderId"]))
+                        if rec is None or ("trade", symbol, int(t["id"])) in self.seen:
+                            continue  # not ours (the account's other trades), or reported already
                         self.stats["reconcile_missed_fills"] += 1
                         self._trade_from_rest(rec, {"orderId": t["orderId"]}, t)
+            if self.journal_path is not None and not self.stats.get("baseline_checked"):
+                await self._baseline()
             self.reconciled = True
             self.stats[f"reconciles_{why}"] += 1
+            self.events.append(("reconciled", {"reason": why}))
         except Exception as exc:  # noqa: BLE001 - reported; trading goes on, the next reconnect tries again
             self.stats["reconcile_errors"] += 1
             self.last_error = repr(exc)
             log.error("reconciliation (%s) failed: %s", why, exc)
+
+    async def _balances(self) -> dict[str, int]:
+        """asset -> free + locked (fixed point) of the assets of our instruments, from the venue."""
+        acc = await self._read(self.api.account)
+        assets = {a for pair in self.assets.values() for a in pair}
+        return {b["asset"]: to_fixed(b["free"]) + to_fixed(b["locked"]) for b in acc.get("balances", ())
+                if b["asset"] in assets}
+
+    async def _baseline(self) -> None:
+        """The epoch's balances when its trading began (once per epoch): ``check_positions`` compares the
+        journal's positions with the change since."""
+        from processes.journal import Journal
+
+        bal = await self._balances()
+        with Journal(self.journal_path, instance=self.instance, create=False) as j:
+            if j.set_baseline(bal):
+                log.info("journal epoch baseline: venue balances %s", {k: from_fixed(v) for k, v in bal.items()})
+        self.stats["baseline_checked"] = 1
+
+    async def check_positions(self, journal) -> dict:
+        """The journal's positions of this epoch against the venue's balances: for each base asset, the
+        balance's change since the epoch's baseline must equal the sum of the journaled positions in it."""
+        ep = journal.epoch()
+        base_bal = ep.get("baseline")
+        if base_bal is None:
+            return {"checked": False, "why": "no balance baseline for this epoch"}
+        bal = await self._balances()
+        pos = journal.positions("fifo", epoch=True)
+        want: dict[str, int] = collections.defaultdict(int)
+        for sym, (base, _quote) in self.assets.items():
+            want[base] += to_fixed(str(pos[sym]["position"])) if sym in pos else 0
+        out = {"checked": True, "mismatches": 0, "assets": {}}
+        for asset, p in sorted(want.items()):
+            delta = bal.get(asset, 0) - int(base_bal.get(asset, 0))
+            out["assets"][asset] = {"journal": from_fixed(p), "venue_change": from_fixed(delta)}
+            if delta != p:
+                out["mismatches"] += 1
+                log.error("position mismatch in %s: the journal says %s, the venue's balance changed by %s",
+                          asset, from_fixed(p), from_fixed(delta))
+        return out
 
     def _on_event(self, ev: dict) -> None:
         if ev.get("e") != "executionReport":
@@ -502,6 +656,7 @@ class VenueExecutor:
         if rec is None:
             self.stats["foreign_events"] += 1
             return
+        self.known.setdefault(int(ev["i"]), rec)
         st = STATUSES.get(ev["X"], OS_NEW)
         base, quote = self.assets[ev["s"]]
         fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=to_fixed(ev["z"]),
@@ -536,6 +691,14 @@ def ws_api_url(cfg) -> str:
     if cfg.mode == "sim":
         return cfg.market_data.ws_url.rstrip("/") + "/ws-api/v3"
     return "wss://ws-api.binance.com:443/ws-api/v3"
+
+
+def rest_url(cfg) -> str:
+    """The REST base of ``execution.transport: "rest"``: sim -> the simulator's own server
+    (``market_data.rest_url``); live -> ``execution.rest_url``."""
+    if cfg.mode == "sim":
+        return cfg.market_data.rest_url.rstrip("/")
+    return cfg.execution.rest_url.rstrip("/")
 
 
 def _unknown(exc: BaseException) -> bool:

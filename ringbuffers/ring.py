@@ -831,6 +831,40 @@ class Ring:
         self._require_consumer()
         return int(self.ctrl[consumer_word(self.consumer_index, C_WAITS)])
 
+    def peek(self, max_n: int = 256) -> tuple[np.ndarray, int]:
+        """``block`` rings: a private copy of up to ``max_n`` unread records (across the wrap) WITHOUT moving
+        this consumer's cursor, and the seq just past them. The slots stay protected until ``release_to``
+        moves the cursor there, so a consumer that dies after peeking loses nothing (the journal releases
+        only what it has committed)."""
+        cw = self._require_consumer()
+        if self.policy != POLICY_BLOCK:
+            raise RingError(f"ring {self.name}: peek() needs a block ring (an overwrite ring may tear the copy)")
+        if self._pending:
+            raise RingError(f"ring {self.name}: peek() before release() of the previous {self._pending} records")
+        w = self._w
+        cursor = w[cw]
+        n = min(w[P_PUBLISH] - cursor, max_n)
+        if n <= 0:
+            return np.empty(0, self.dtype), cursor
+        start = cursor & self.mask
+        first = min(n, self.capacity - start)
+        out = np.empty(n, self.dtype)
+        out[:first] = self.slots[start:start + first]
+        if first < n:
+            out[first:] = self.slots[: n - first]
+        return out, cursor + n
+
+    def release_to(self, seq: int) -> None:
+        """Move this consumer's cursor forward to ``seq`` (every record below it is handled)."""
+        cw = self._require_consumer()
+        if seq > self._w[cw]:
+            self._w[cw] = seq
+
+    @property
+    def token(self) -> str:
+        """This segment's identity across runs: creation time and creating pid (a recreated ring differs)."""
+        return f"{int(self.ctrl[H_CREATED_NS])}:{int(self.ctrl[H_OWNER_PID])}"
+
     def lag(self) -> int:
         """Records published and not yet read by this consumer."""
         return self._w[P_PUBLISH] - self._w[self._require_consumer()]

@@ -29,6 +29,8 @@ config/dedicated-host.json (one isolated core per stage, busy-spin; needs
   scripts/latency_profile.py --placements small --kill engine --seconds 20
   scripts/latency_profile.py --placements small --cpu-rates 2000,50000 --seconds 20
   RINGTRADER__PLACEMENT__ENGINE__IDLE__STRATEGY=backoff scripts/latency_profile.py   # env overrides apply
+  scripts/latency_profile.py --source sim --placements small --order-every 10 --transport ws   # tick-to-order
+  scripts/latency_profile.py --source sim --placements small --order-every 10 --transport rest
 
 Compare runs only on the same machine under the same load (the load average is printed).
 """
@@ -55,7 +57,7 @@ from core.numba_cache import configure, ensure_compiled  # noqa: E402
 configure()
 from _machine import machine  # noqa: E402  (scripts/ is sys.path[0])
 from core.config import STAGES, load_config  # noqa: E402
-from core.topology import HOPS  # noqa: E402
+from core.topology import HOPS, VENUE_HOPS  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAUSED_RATE = 0.001  # events/s: the simulator's "market paused" (its rate must be > 0)
@@ -231,7 +233,23 @@ def wake(strategy: str, params: dict, n: int) -> dict:
 
 
 def _lat(s: dict) -> dict:
-    return {h: s["latency"][h] for h in HOPS if h in s["latency"]}
+    return {h: s["latency"][h] for h in HOPS + VENUE_HOPS if h in s["latency"]}
+
+
+def trading_config(d: dict, every: int, transport: str) -> dict:
+    """``--order-every N``: the ``every_n`` strategy (BUY, then CLOSE, on every Nth top-of-book change of the
+    first instrument) beside the trace probe, orders over ``transport``; risk's rate caps raised so the
+    strategy's pace, not a denial, sets the order rate."""
+    d = copy.deepcopy(d)
+    sym = d["instruments"][0]["symbol"]
+    d["signal"]["strategies"] = [
+        {"name": "every_n", "type": "every_n", "symbols": [sym], "qty": "0.001", "params": {"every": every}},
+        {"name": "latency_probe", "type": "trace_probe"}]
+    d["risk"].update({"max_orders_per_s": 50, "max_orders_per_10s": 500, "max_open_orders": 16,
+                      "max_daily_loss": "100000"})
+    d["execution"]["transport"] = transport
+    d["execution"]["rate_limit_per_second"] = 50
+    return d
 
 
 def profile(args) -> dict:
@@ -246,7 +264,8 @@ def profile(args) -> dict:
     if strategy == "busy_spin":
         params = {}
     out = {"machine": machine(), "config": str(args.config), "source": args.source, "rate_per_s": args.rate,
-           "seconds": args.seconds, "engine_idle": {"strategy": strategy, **params}}
+           "seconds": args.seconds, "engine_idle": {"strategy": strategy, **params},
+           "order_every": args.order_every or None, "transport": args.transport if args.order_every else None}
     out["wake_us"] = {"strategy": strategy, **wake(strategy, params, args.wake_n)}
     if args.wake_all:  # every strategy with bench_wake's defaults, the engine's own with its parameters
         from bench_wake import DEFAULT_PARAMS
@@ -260,6 +279,8 @@ def profile(args) -> dict:
             out["placements"][name] = {"skipped": "needs the dedicated host's CPUs"}
             continue
         cfg = source_config(d, args.source, args.rate, f"profile-{os.getpid()}-{name}")
+        if args.order_every:
+            cfg = trading_config(cfg, args.order_every, args.transport)
         s = run_once(cfg, args.seconds, kill=args.kill if name == args.placements.split(",")[0] else None)
         lat = _lat(s)
         e2e = lat.get("end_to_end", {})
@@ -336,8 +357,14 @@ def main(argv=None) -> int:
                                                     "rates and paused (first placement)")
     ap.add_argument("--wake-n", type=int, default=2000, help="pings for the wake-up measurement")
     ap.add_argument("--wake-all", action="store_true", help="also measure a wake-up for every idle strategy")
+    ap.add_argument("--order-every", type=int, default=0, metavar="N",
+                    help="trade: the every_n strategy orders on every Nth top-of-book change (needs --source sim); "
+                         "adds the tick_to_order, order_to_wire and ack_rtt hops")
+    ap.add_argument("--transport", default="ws", choices=("ws", "rest"), help="with --order-every: the order transport")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
+    if args.order_every and args.source != "sim":
+        ap.error("--order-every needs --source sim (orders go to the simulator's order side)")
     r = profile(args)
     sys.stdout.write((json.dumps(r, indent=2) if args.json else show(r)) + "\n")
     return 0

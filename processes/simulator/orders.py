@@ -480,7 +480,9 @@ class ReplayedBook:
         self.asks: dict[int, int] = {}
         self.last_update_id: int | None = None
         self.depth_stream: str | None = None  # the one depth stream applied (100 ms or 1000 ms diffs)
-        self.next_trade_id = 1
+        # trade ids: unique across runs, as Binance's are (a journal that outlives this simulator keys its
+        # fills by (symbol, trade id)): they start at the wall-clock microsecond this book was made
+        self.next_trade_id = time.time_ns() // 1000
         n = self.MAX_LEVELS
         self.bid_px, self.bid_qty = np.zeros(n, np.int64), np.zeros(n, np.int64)
         self.ask_px, self.ask_qty = np.zeros(n, np.int64), np.zeros(n, np.int64)

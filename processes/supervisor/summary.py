@@ -11,7 +11,7 @@ import time
 
 from core.config import RINGS
 from core.latency import LatencySet
-from core.topology import HOPS
+from core.topology import HOPS, VENUE_HOPS
 
 VIEW_PERIOD_S = 0.5  # how often the metrics view of the processes (and merged latency) is rebuilt
 
@@ -34,7 +34,7 @@ def merged_latency(procs) -> LatencySet:
 
 
 def ordered_hops(summary: dict) -> dict:
-    order = {h: i for i, h in enumerate(HOPS)}
+    order = {h: i for i, h in enumerate(HOPS + VENUE_HOPS)}
     return dict(sorted(summary.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
@@ -80,7 +80,9 @@ def build_summary(sup) -> dict:
                  "rejects": ex.get("venue_rejects", 0), "unknown_outcomes": ex.get("venue_unknown_outcomes", 0),
                  "adopted": ex.get("venue_adopted", 0), "duplicate_client_ids": _duplicate_client_ids(sup),
                  "reconciled": bool(ex.get("reconciled", 0)), "journal_orders": ex.get("journal_orders", 0),
-                 "journal_reports": ex.get("journal_reports", 0)}
+                 "journal_reports": ex.get("journal_reports", 0),
+                 "positions_checked": bool(ex.get("positions_checked", 0)),
+                 "position_mismatches": ex.get("position_mismatches")}
     return {"instance": sup.cfg.instance, "execution": execution, "mode": sup.cfg.mode, "exit_code": sup.exit_code,
             "cold_start_ms": sup.cold_start_ms, "cold_cache": sup.cold_cache, "flow_s": sup.flow_s,
             "run_s": round(time.monotonic() - sup.t_start, 3),
@@ -161,7 +163,7 @@ def format_summary(s: dict) -> str:
     if ex:
         lines.append("execution: " + " ".join(f"{k}={ex.get(k)}" for k in (
             "orders_sent", "fills", "rejects", "unknown_outcomes", "adopted", "duplicate_client_ids", "reconciled",
-            "journal_orders", "journal_reports")))
+            "journal_orders", "journal_reports", "positions_checked", "position_mismatches")))
     sp = s.get("spares") or {}
     if sp.get("enabled"):
         lines.append(f"spares: started={sp['started']} ready={sp['ready']} used={sp['used']} failed={sp['failed']}"

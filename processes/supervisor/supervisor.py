@@ -239,10 +239,29 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 return False
         if not self._resolve_venue():
             return False
+        self._journal_epoch()
         order = list(reversed(stage_processes(self.cfg)))
         for n in order:
             self.spawn(self.procs[n])
         return self.wait_ready(order, timeout)
+
+    def _journal_epoch(self) -> None:
+        """A venue account that starts fresh every run (paper trading; the simulator this supervisor starts)
+        begins a new journal epoch: positions and open orders of earlier runs are not this account's
+        (processes/journal.py, "Epochs and restarts"). Binance accounts persist: so does the epoch."""
+        fresh = self.cfg.mode == "paper" or (self.cfg.mode == "sim" and SIMULATOR in self.procs)
+        if not fresh:
+            return
+        from processes.journal import Journal, JournalError, journal_path
+
+        path = journal_path(self.cfg)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with Journal(path, instance=self.cfg.instance) as j:
+                ep = j.new_epoch(f"{self.cfg.mode} run: a fresh venue account")
+            log.info("journal epoch %d: %s", ep["n"], ep["reason"], extra={"journal": str(path)})
+        except (JournalError, OSError) as exc:  # the execution stage reports an unusable journal itself
+            log.error("cannot start a journal epoch in %s: %s", path, exc)
 
     def _resolve_venue(self, attempts: int = 3) -> bool:
         """exchangeInfo of the configured symbols from the venue (simulator or Binance), merged with the config

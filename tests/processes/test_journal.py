@@ -673,3 +673,55 @@ def test_a_batch_that_can_never_be_written_is_dropped_and_counted_and_journaling
         w.close()
         j.close()
         rings.close()
+
+
+def test_records_are_released_only_once_committed_and_the_marks_say_how_far(tmp_path, instance):
+    """A writer killed between its copy and its commit (here: a write that never happens) leaves the records in
+    the ring for the next one; the committed seq is recorded with the batch, for the segment it came from."""
+    rings = Rings(instance, capacity=16)
+    j = Journal(tmp_path / "m.db", instance=INST, symbols=SYMBOLS)
+    w = JournalWriter.attach(j, instance, orders_consumer=1, reports_consumer=1, batch=8)
+    try:
+        rings.orders.publish_batch(orders(*[order(i + 1, pub_ns=i + 1) for i in range(5)]))
+        peeked, end = w.orders.peek(8)  # what a writer copies before its commit
+        assert len(peeked) == 5 and end == 5 and w.orders.cursor == 0  # nothing released yet
+        assert j.ring_mark("orders", rings.orders.token) is None
+        w.step()
+        assert w.orders.cursor == 5
+        assert j.ring_mark("orders", rings.orders.token) == 5
+        assert j.ring_mark("orders", "another-segment") is None  # a recreated ring is another segment
+        assert j.ring_mark("reports", rings.reports.token) is None  # nothing committed from it yet
+        snap = j.recovery({"orders": rings.orders.token, "reports": rings.reports.token}, cids=[1, 2, 99])
+        assert snap["marks"] == {"orders": 5, "reports": None}
+        assert set(snap["states"]) == {1, 2} and snap["states"][1] == (0, 0)
+        assert [o["cid"] for o in snap["open_orders"]] == [1, 2, 3, 4, 5]
+    finally:
+        w.close()
+        j.close()
+        rings.close()
+
+
+def test_epochs_scope_positions_open_orders_and_trade_ids_and_keep_one_baseline(tmp_path):
+    j = Journal(tmp_path / "e.db", instance=INST, symbols=SYMBOLS)
+    try:
+        assert j.epoch()["n"] == 0 and j.epoch()["baseline"] is None
+        j.record_orders(orders(order(1), order(2)))
+        j.record_reports(reports(report(1, EX_TRADE, OS_FILLED, px="100", qty="1", cum="1", trade_id=7)))
+        assert j.last_trade_id("BTCUSDT") == 7 and len(j.open_orders()) == 1
+        assert j.set_baseline({"BTC": F("1")}) is True and j.set_baseline({"BTC": F("2")}) is False
+        ep = j.new_epoch("a fresh simulator account")
+        assert ep["n"] == 1 and ep["baseline"] is None
+        # the new account: nothing of the old one is open, positioned, or a trade id to resume from
+        assert j.open_orders() == [] and j.last_trade_id("BTCUSDT") is None
+        assert j.positions(epoch=True) == {} and j.positions()["BTCUSDT"]["position"] == Decimal(1)
+        assert len(j.open_orders(epoch=False)) == 1
+        j.record_orders(orders(order(3, side=SIDE_SELL)))
+        j.record_reports(reports(report(3, EX_TRADE, OS_FILLED, side=SIDE_SELL, px="101", qty="0.5", cum="0.5",
+                                        trade_id=9)))
+        assert j.positions(epoch=True)["BTCUSDT"]["position"] == Decimal("-0.5")
+        assert j.last_trade_id("BTCUSDT") == 9
+        assert j.set_baseline({"BTC": F("3")}) is True and j.epoch()["baseline"] == {"BTC": F("3")}
+        snap = j.recovery({})
+        assert [f["trade_id"] for f in snap["fills"]] == [9]
+    finally:
+        j.close()
