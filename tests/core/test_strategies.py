@@ -31,6 +31,8 @@ from core.records import (
     TRIGGER_TOP,
 )
 from core.strategies import (
+    R_EVERY_N_BUY,
+    R_EVERY_N_EXIT,
     R_ML_LONG,
     R_RULE_EXIT,
     R_RULE_LONG,
@@ -281,7 +283,25 @@ def test_trace_probe_emits_one_flat_probe_per_record():
     assert np.array_equal(sig["recv_ns"], ev["recv_ns"]) and np.array_equal(sig["in_pub_ns"], ev["pub_ns"])
 
 
+def test_every_n_buys_then_closes_on_every_nth_top_change_and_needs_a_valid_book():
+    s = settings([{"name": "tick", "type": "every_n", "qty": "0.5", "params": {"every": 3}}])
+    ev = events([100.0] * 12)  # one top per bar: tops 1..12
+    sig = replay_signals(s, ev)
+    tops = np.flatnonzero(ev["kind"] == BK_TOP)
+    assert len(sig) == 4  # the 3rd, 6th, 9th, 12th top
+    assert sig["side"].tolist() == [SIDE_BUY, SIDE_CLOSE, SIDE_BUY, SIDE_CLOSE]
+    assert sig["reason"].tolist() == [R_EVERY_N_BUY, R_EVERY_N_EXIT] * 2
+    assert sig["recv_ns"].tolist() == ev["recv_ns"][tops[[2, 5, 8, 11]]].tolist()
+    assert sig["target_qty"][0] == 50_000_000 and np.all(sig["ref_px"] == 100 * FIXED_SCALE)
+    none = replay_signals(s, events([100.0] * 12, invalid_from=0))  # an invalid book: counted, no signal
+    assert len(none) == 0
+
+
 @pytest.mark.parametrize("strategies, key, words", [
+    ([{"name": "x", "type": "every_n", "qty": "1", "params": {"every": 0}}], "signal.strategies[0].params.every",
+     "integer >= 1"),
+    ([{"name": "x", "type": "every_n", "qty": "1", "params": {"every": 2.5}}], "signal.strategies[0].params.every",
+     "integer >= 1"),
     ([{"name": "x", "type": "magic", "qty": "1"}], "signal.strategies[0].type", "must be one of"),
     ([{"name": "x", "type": "rsi_macd_bb"}], "signal.strategies[0].qty", "decimal"),
     ([{"name": "x", "type": "rsi_macd_bb", "qty": "-1"}], "signal.strategies[0].qty", "> 0"),

@@ -25,7 +25,8 @@ import orjson
 import pytest
 
 from core.config import parse_config
-from core.records import EX_REJECTED, EX_TRADE, ORD_NEW, OS_FILLED, OS_REJECTED, OT_MARKET, SIDE_BUY, SIDE_SELL
+from core.records import (EX_CANCELED, EX_NEW, EX_REJECTED, EX_TRADE, ORD_NEW, OS_CANCELED, OS_FILLED, OS_REJECTED,
+                          OT_LIMIT, OT_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC)
 from processes.simulator import Simulator
 from processes.venue_exec import VenueExecutor
 
@@ -71,11 +72,13 @@ class SimThread:
         self.t.join(10)
 
 
-def system_config(ws_url: str, instance: str):
+def system_config(ws_url: str, instance: str, transport: str = "ws", rest_url: str | None = None):
     d = json.loads((ROOT / "config" / "system.json").read_text())
     d = copy.deepcopy(d)
     d["instance"] = instance
-    d["execution"].update(ws_api_url=ws_url, order_timeout_ms=400, rate_limit_per_second=200)
+    d["execution"].update(ws_api_url=ws_url, order_timeout_ms=400, rate_limit_per_second=200, transport=transport)
+    if rest_url is not None:
+        d["market_data"]["rest_url"] = rest_url  # sim mode: REST orders go to the simulator's own server
     return parse_config(d, host_cpus=None)
 
 
@@ -85,7 +88,9 @@ def order(cid: int, side: int) -> dict:
             "pub_ns": time.monotonic_ns(), "ref_px": 0}
 
 
-def test_exactly_once_under_drops_hangs_5xx_and_429():
+@pytest.mark.parametrize("transport", ["ws", "rest"])
+def test_exactly_once_under_drops_hangs_5xx_and_429(transport):
+    """Orders over the WebSocket API session, or over REST (``execution.transport``), through the same faults."""
     sim = SimThread(faults={"order_hang_s": 0.8})
     instance = f"vx{os.getpid() % 100000}"
     ex = None
@@ -95,9 +100,10 @@ def test_exactly_once_under_drops_hangs_5xx_and_429():
         seq = ["drop", "ok", "500", "ok", "hang", "ok", "503", "429", "ok", "drop", "ok", "502"] * 6
         r = http.post("/sim/fault", content=orjson.dumps({"order_fault_sequence": seq}))
         assert r.status_code == 200, r.text
-        ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance))
+        ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance, transport, base))
         ex.start(wait_s=30)
-        n = 120
+        assert (ex.api is ex.client) == (transport == "ws")
+        n = 120 if transport == "ws" else 60
         for i in range(n):
             ex.submit(order(1000 + i, SIDE_BUY if i % 2 == 0 else SIDE_SELL))
         reports: list[dict] = []
@@ -158,3 +164,45 @@ def _signed_get(http: httpx.Client, path: str, params: dict) -> list:
     r = http.get(f"{path}?{q}", headers={"X-MBX-APIKEY": cred.api_key})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_resting_orders_are_cancelled_by_cancel_all_as_on_shutdown_and_the_venue_agrees():
+    """What the stage's shutdown (``execution.on_shutdown: cancel``) runs: cancel-all on the venue loop, the
+    CANCELED events come back as reports; the venue then has nothing of ours open."""
+    sim = SimThread()
+    instance = f"vc{os.getpid() % 100000}"
+    ex = None
+    try:
+        base = sim.sim.base_url
+        http = httpx.Client(base_url=base, timeout=10)
+        ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance))
+        ex.start(wait_s=30)
+        bid = Decimal(http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 5}).json()["bids"][0][0])
+        px = int((bid * Decimal("0.97")).quantize(Decimal("0.01")) * 10**8)  # below the market, inside the band
+        for i in range(3):  # they rest
+            o = order(10 + i, SIDE_BUY)
+            o.update(order_type=OT_LIMIT, tif=TIF_GTC, price=px)
+            ex.submit(o)
+        reports: list[dict] = []
+
+        def collect(pred, what):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                reports.extend(ex.take_reports())
+                if pred():
+                    return
+                time.sleep(0.02)
+            raise AssertionError(f"{what}: {reports} {ex.counters()} {ex.last_error}")
+
+        collect(lambda: sum(r["exec_type"] == EX_NEW for r in reports) == 3, "three NEW")
+        assert len(ex.orders) == 3
+        ex.call(ex._cancel_all, 10.0)
+        collect(lambda: sum(r["exec_type"] == EX_CANCELED for r in reports) == 3, "three CANCELED")
+        assert all(r["status"] == OS_CANCELED for r in reports if r["exec_type"] == EX_CANCELED)
+        assert ex.orders == {}
+        opened = _signed_get(http, "/api/v3/openOrders", {"symbol": "BTCUSDT"})
+        assert [o for o in opened if o["clientOrderId"].startswith(instance + "-")] == []
+    finally:
+        if ex is not None:
+            ex.close()
+        sim.close()
