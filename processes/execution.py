@@ -11,9 +11,10 @@ Modes (``mode`` in the config), one stage, the same EXEC_REPORT records:
 * ``sim`` / ``live``: orders go to the venue (the local simulator, or
   Binance) over one WebSocket API session on a thread of this stage
   (``processes/venue_exec.py``: signed, rate-limited, exactly once, reports
-  from the user-data stream); the duty cycle hands orders over and publishes
-  the reports that come back. Trace probes are answered with a probe report
-  at once (the end-to-end latency trace). Without a venue (the synthetic
+  from the user-data stream); the duty cycle's kernel (``venue_step``)
+  answers trace probes in place (the end-to-end trace never waits on
+  Python) and copies venue orders out for the venue thread; the stage then
+  publishes the reports that came back. Without a venue (the synthetic
   source, or sim with the simulator disabled) orders get trace-probe reports
   only (``execution_step``) and nothing trades.
 
@@ -125,6 +126,53 @@ def execution_step(state, inputs, reports, max_n):
     c[K_LOST] += lost
     c[K_TRACE_BAD] += bad
     return work + n
+
+
+@nb.njit(cache=True, nogil=True)
+def venue_step(state, inputs, reports, max_n, venue_out):
+    """sim/live, the duty cycle's kernel part: trace probes are answered in place (as ``execution_step``: the
+    end-to-end trace never waits on Python), venue orders (new, cancel, cancel-all) are copied to
+    ``venue_out`` for the venue thread; then the book. Returns (records consumed or FULL, orders copied)."""
+    orders, book = inputs
+    c = state.counters
+    work = 0
+    k = 0
+    in_ctrl, in_slots, ci = orders
+    avail = nb_available(in_ctrl, ci)
+    if avail > 0:
+        src = state.orders
+        want = avail if avail < src.shape[0] else src.shape[0]
+        if want > venue_out.shape[0]:
+            want = venue_out.shape[0]
+        out_ctrl, out_slots = reports
+        seq, m = nb_out_reserve(out_ctrl, want)
+        if seq == FULL:
+            c[K_OUT_FULL] += 1
+            return FULL, 0
+        n, lost = nb_poll_copy(in_ctrl, in_slots, ci, src[:m])
+        mask = out_ctrl[H_CAPACITY] - 1
+        p = 0
+        for i in range(n):
+            if src[i].action == 0:
+                _probe(src[i], out_slots[(seq + p) & mask])
+                p += 1
+            else:
+                venue_out[k] = src[i]
+                k += 1
+        now = nb_out_publish(out_ctrl, out_slots, seq, p)
+        for i in range(n):
+            nb_record(state.hops[0], now - src[i].pub_ns)
+            if src[i].action == 0:
+                nb_record(state.hops[2], now - src[i].recv_ns)
+        c[K_TRACE_BAD] += nb_trace_bad(src, n, now)
+        c[K_REPORTS] += p
+        c[K_LOST] += lost
+        work += n
+    n, lost, bad = nb_sink_ring(book, state.book, max_n, state.hops[1])
+    c[K_BOOK] += n
+    c[K_LOST] += lost
+    c[K_TRACE_BAD] += bad
+    return work + n, k
 
 
 # ---------------------------------------------------------------------------
@@ -258,6 +306,7 @@ class ExecutionStage(KernelStage):
             self.state = new_paper_state(config, self.batch, tuple(ctx.latency.hop(h).h for h in hops))
         else:
             self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
+        self._vout = np.zeros(self.batch, ORDER_REQUEST)  # venue orders of one duty cycle (venue_step)
 
         self.journal_writer = None
         self._journal_thread = None
@@ -408,57 +457,42 @@ class ExecutionStage(KernelStage):
         return execution_step(self.state, self.inputs, self.reports, self.batch)
 
     def _venue_step(self) -> int:
-        """Hand new orders to the venue thread (probes: answered at once), publish the reports it made."""
+        """Probes answered by the kernel (``venue_step``); venue orders handed to the venue thread; the reports
+        it made published."""
         v = self.venue
-        ring = self.ctx.inputs["orders"]
-        p = ring.poll(self.batch)
-        work = 0
-        probes = []
-        try:
-            recs = p.records
-            for r in recs:
-                act = int(r["action"])
-                if act in (1, 2, 3):
-                    v.submit({"action": act, "client_order_id": int(r["client_order_id"]),
-                              "orig_client_order_id": int(r["orig_client_order_id"]), "symbol": int(r["symbol"]),
-                              "side": int(r["side"]), "order_type": int(r["order_type"]), "tif": int(r["tif"]),
-                              "price": int(r["price"]), "qty": int(r["qty"]), "recv_ns": int(r["recv_ns"]),
-                              "pub_ns": int(r["pub_ns"]), "ref_px": int(r["ref_px"])})
-                elif act == 0:
-                    probes.append(r)
-            work += len(recs)
-            if len(recs):
-                now = time.monotonic_ns()
-                nb_record_many(self.state.hops[0], (now - recs["pub_ns"]).astype(np.int64))
-        finally:
-            ring.release()
+        n, k = venue_step(self.state, self.inputs, self.reports, self.batch, self._vout)
+        if n == FULL:
+            return FULL
+        for r in self._vout[:k]:
+            v.submit({"action": int(r["action"]), "client_order_id": int(r["client_order_id"]),
+                      "orig_client_order_id": int(r["orig_client_order_id"]), "symbol": int(r["symbol"]),
+                      "side": int(r["side"]), "order_type": int(r["order_type"]), "tif": int(r["tif"]),
+                      "price": int(r["price"]), "qty": int(r["qty"]), "recv_ns": int(r["recv_ns"]),
+                      "pub_ns": int(r["pub_ns"]), "ref_px": int(r["ref_px"])})
         out = v.take_reports()
-        if probes or out:
-            self._publish_reports(out, probes)
-        n, lost, bad = nb_sink_ring(self.inputs[1], self.state.book, self.batch, self.state.hops[1])
-        self.state.counters[K_BOOK] += n
+        if out:
+            self._publish_reports(out)
         for typ, fields in self._drain_events():
             self.ctx.event(typ, **fields)
-        return work + n + len(out)
+        return n + len(out)
 
-    def _publish_reports(self, out: list, probes=()) -> None:
-        if probes or out:
-            recs = np.zeros(len(probes) + len(out), EXEC_REPORT)
-            for i, r in enumerate(probes):
-                d = recs[i]
-                d["recv_ns"], d["in_pub_ns"], d["client_order_id"] = r["recv_ns"], r["pub_ns"], r["client_order_id"]
-                d["symbol"], d["order_id"], d["trade_id"] = r["symbol"], -1, -1
-            for j, r in enumerate(out):
-                d = recs[len(probes) + j]
-                for k, val in r.items():
-                    if k in d.dtype.names:
-                        d[k] = val
-            self.writer.publish(recs)
-            now = time.monotonic_ns()
-            e2e = recs["recv_ns"][(recs["recv_ns"] > 0) & ((recs["exec_type"] == 0) | (recs["exec_type"] == EX_NEW))]
-            if len(e2e):
-                nb_record_many(self.state.hops[2], (now - e2e).astype(np.int64))
-            self.state.counters[K_REPORTS] += len(recs)
+    def _publish_reports(self, out: list) -> None:
+        """The venue thread's reports (dicts of EXEC_REPORT fields) into the reports ring; end to end is the
+        tick received -> the order's first answer published."""
+        if not out:
+            return
+        recs = np.zeros(len(out), EXEC_REPORT)
+        names = set(EXEC_REPORT.names)
+        for d, r in zip(recs, out):
+            for k, val in r.items():
+                if k in names:
+                    d[k] = val
+        self.writer.publish(recs)
+        now = time.monotonic_ns()
+        e2e = recs["recv_ns"][(recs["recv_ns"] > 0) & (recs["exec_type"] == EX_NEW)]
+        if len(e2e):
+            nb_record_many(self.state.hops[2], (now - e2e).astype(np.int64))
+        self.state.counters[K_REPORTS] += len(recs)
 
     def _drain_events(self):
         v = self.venue
@@ -475,6 +509,11 @@ def warm(config) -> None:
     for end in ins:
         scratch_publish(end, 1)
     execution_step(new_state(4), ins, scratch_ring(EXEC_REPORT), 4)
+    if config is not None and has_venue(config):
+        ins = tuple(scratch_ring(dt, consumer=True) for dt in (ORDER_REQUEST, BOOK_EVENT))
+        for end in ins:
+            scratch_publish(end, 1)
+        venue_step(new_state(4), ins, scratch_ring(EXEC_REPORT), 4, np.zeros(4, ORDER_REQUEST))
     if config is not None and config.mode == "paper":
         from core.paper import warm as paper_warm
 

@@ -419,11 +419,11 @@ class VenueExecutor:
                 self.stats["sent"] += 1
                 await self.api.place_order(**params)
                 self.stats["acked"] += 1
-                o = self.orders.get(cid)
-                if o is not None:
-                    o["acked_at"] = time.monotonic()
-                    if self.hists is not None and o.get("wire_ns"):
-                        nb_record(self.hists[2], time.monotonic_ns() - o["wire_ns"])
+                if self.hists is not None and o.get("wire_ns"):  # (o: this order's dict, even if final already)
+                    nb_record(self.hists[2], time.monotonic_ns() - o["wire_ns"])
+                cur = self.orders.get(cid)
+                if cur is not None:
+                    cur["acked_at"] = time.monotonic()
                 return
             except RateLimitedError as exc:
                 if exc.status == 418:
