@@ -25,8 +25,9 @@ import orjson
 import pytest
 
 from core.config import parse_config
-from core.records import (EX_CANCELED, EX_NEW, EX_REJECTED, EX_TRADE, ORD_NEW, OS_CANCELED, OS_FILLED, OS_REJECTED,
-                          OT_LIMIT, OT_MARKET, SIDE_BUY, SIDE_SELL, TIF_GTC)
+from core.records import (EX_CANCELED, EX_EXPIRED, EX_NEW, EX_REJECTED, EX_TRADE, ORD_NEW, OS_CANCELED, OS_EXPIRED,
+                          OS_FILLED, OS_NEW, OS_REJECTED, OT_LIMIT, OT_LIMIT_MAKER, OT_MARKET, SIDE_BUY, SIDE_SELL,
+                          TIF_GTC, TIF_IOC)
 from processes.simulator import Simulator
 from processes.venue_exec import VenueExecutor
 
@@ -202,6 +203,51 @@ def test_resting_orders_are_cancelled_by_cancel_all_as_on_shutdown_and_the_venue
         assert ex.orders == {}
         opened = _signed_get(http, "/api/v3/openOrders", {"symbol": "BTCUSDT"})
         assert [o for o in opened if o["clientOrderId"].startswith(instance + "-")] == []
+    finally:
+        if ex is not None:
+            ex.close()
+        sim.close()
+
+
+@pytest.mark.parametrize("transport", ["ws", "rest"])
+def test_every_order_type_reaches_its_final_state_through_the_executor(transport):
+    """MARKET buy and sell, LIMIT GTC resting, LIMIT IOC that crosses (fills) and that does not (expires),
+    LIMIT_MAKER resting, and a LIMIT_MAKER that would take (refused, -2010): each ends as the venue says."""
+    sim = SimThread()
+    instance = f"vt{os.getpid() % 100000}{transport}"
+    ex = None
+    try:
+        base = sim.sim.base_url
+        http = httpx.Client(base_url=base, timeout=10)
+        book = http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 5}).json()
+        bid, ask = Decimal(book["bids"][0][0]), Decimal(book["asks"][0][0])
+        fx = lambda d: int(d.quantize(Decimal("0.01")) * 10**8)  # noqa: E731
+        ex = VenueExecutor(system_config(f"{sim.sim.ws_url}/ws-api/v3", instance, transport, base))
+        ex.start(wait_s=30)
+        cases = {  # cid: (side, type, tif, price, the final status and exec type expected)
+            1: (SIDE_BUY, OT_MARKET, 0, 0, OS_FILLED, EX_TRADE),
+            2: (SIDE_SELL, OT_MARKET, 0, 0, OS_FILLED, EX_TRADE),
+            3: (SIDE_BUY, OT_LIMIT, TIF_GTC, fx(bid * Decimal("0.97")), OS_NEW, EX_NEW),
+            4: (SIDE_BUY, OT_LIMIT, TIF_IOC, fx(ask * Decimal("1.01")), OS_FILLED, EX_TRADE),
+            5: (SIDE_BUY, OT_LIMIT, TIF_IOC, fx(bid * Decimal("0.97")), OS_EXPIRED, EX_EXPIRED),
+            6: (SIDE_BUY, OT_LIMIT_MAKER, 0, fx(bid * Decimal("0.97")), OS_NEW, EX_NEW),
+            7: (SIDE_BUY, OT_LIMIT_MAKER, 0, fx(ask * Decimal("1.01")), OS_REJECTED, EX_REJECTED),
+        }
+        for cid, (side, typ, tif, px, _, _) in cases.items():
+            o = order(cid, side)
+            o.update(order_type=typ, tif=tif, price=px)
+            ex.submit(o)
+        last: dict[int, dict] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for r in ex.take_reports():
+                last[r["client_order_id"]] = r
+            if all(c in last and last[c]["status"] == want for c, (*_, want, _e) in cases.items()):
+                break
+            time.sleep(0.02)
+        got = {c: (last.get(c, {}).get("status"), last.get(c, {}).get("exec_type")) for c in cases}
+        assert got == {c: (st, et) for c, (*_, st, et) in cases.items()}, (got, ex.counters(), ex.last_error)
+        assert last[7]["reject_code"] == -2010
     finally:
         if ex is not None:
             ex.close()
