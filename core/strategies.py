@@ -128,7 +128,7 @@ ON_TOP = 2
 ON_NAMES = {"bar": ON_BAR, "top": ON_TOP}
 
 # reason codes (SIGNAL.reason)
-R_RULE_LONG = 1  # RSI oversold, MACD histogram rising, at/below the lower band
+R_RULE_LONG = 1  # RSI oversold (and, by config, the MACD histogram rising, at/below the lower band)
 R_RULE_SHORT = 2  # RSI overbought, histogram falling, at/above the upper band
 R_RULE_EXIT = 3  # RSI back through exit_rsi
 R_ML_LONG = 4  # model output >= buy_above
@@ -137,7 +137,7 @@ R_ML_EXIT = 6  # model output back inside the exit band
 R_EVERY_N_BUY = 7  # the Nth top change of a flat symbol
 R_EVERY_N_EXIT = 8  # the Nth top change of a long symbol
 R_TRACE_PROBE = 0xFFFF  # trace probe: not a decision
-REASON_NAMES = {R_RULE_LONG: "rsi_oversold_macd_up", R_RULE_SHORT: "rsi_overbought_macd_down",
+REASON_NAMES = {R_RULE_LONG: "rsi_oversold", R_RULE_SHORT: "rsi_overbought",
                 R_RULE_EXIT: "rsi_exit", R_ML_LONG: "model_long", R_ML_SHORT: "model_short", R_ML_EXIT: "model_exit",
                 R_EVERY_N_BUY: "every_n_buy", R_EVERY_N_EXIT: "every_n_exit", R_TRACE_PROBE: "trace_probe"}
 PROBE_SLOT = 9

@@ -442,6 +442,8 @@ class ExecutionStage(KernelStage):
             out.update({f"journal_{k}": int(v) for k, v in self.journal_writer.stats.items()})
         if self.venue is not None:
             out.update(self.venue.counters())
+        elif self.journal_writer is not None:
+            out["reconciled"] = 1  # no venue holds our orders (paper, pass-through): the journal was the truth
         if self.paper:
             from core.paper import COUNTER_NAMES
 

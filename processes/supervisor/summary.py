@@ -75,9 +75,10 @@ def build_summary(sup) -> dict:
     latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
                for hop, s in ordered_hops(merged_latency(sup.procs).summary()).items()}
     ex = (stages.get("execution") or {}).get("counters") or {}
-    execution = {"orders_sent": ex.get("venue_sent", 0), "fills": ex.get("venue_fills", ex.get("paper_taker_fills", 0)
-                                                                         + ex.get("paper_maker_fills", 0)),
-                 "rejects": ex.get("venue_rejects", 0), "unknown_outcomes": ex.get("venue_unknown_outcomes", 0),
+    paper_rejects = sum(v for k, v in ex.items() if k.startswith("paper_rejected_"))
+    execution = {"orders_sent": ex.get("venue_sent", ex.get("paper_requests", 0)),
+                 "fills": ex.get("venue_fills", ex.get("paper_taker_fills", 0) + ex.get("paper_maker_fills", 0)),
+                 "rejects": ex.get("venue_rejects", paper_rejects), "unknown_outcomes": ex.get("venue_unknown_outcomes", 0),
                  "adopted": ex.get("venue_adopted", 0), "duplicate_client_ids": _duplicate_client_ids(sup),
                  "reconciled": bool(ex.get("reconciled", 0)), "journal_orders": ex.get("journal_orders", 0),
                  "journal_reports": ex.get("journal_reports", 0),
