@@ -67,9 +67,10 @@ HOSTED_CONSUMERS = {"journal": "execution"}
 ORDER_RINGS = ("signals", "orders", "reports")
 #: a stage's event type -> the stage that acts on it (the supervisor forwards it as a command to that stage's
 #: process): the book asks the feed for a snapshot; an operator or the breaker halts risk; cancel-all goes to
-#: execution; a (re)started risk asks execution to reconcile the venue, and execution says when it has
+#: execution; a (re)started risk asks execution to reconcile the venue, and execution says when it has;
+#: execution's measured venue clock offset goes to risk (its clock check)
 EVENT_ROUTES = {"resync": "feed", "halt": "risk", "cancel_all": "execution", "reconcile": "execution",
-                "reconciled": "risk"}
+                "reconciled": "risk", "clock_offset": "risk"}
 #: stages driven by their own event loop (they sleep in epoll on a socket, not in an idle strategy): each must
 #: be the only stage of its process
 LOOP_STAGES = ("feed",)

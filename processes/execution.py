@@ -307,6 +307,8 @@ class ExecutionStage(KernelStage):
         else:
             self.state = new_state(self.batch, tuple(ctx.latency.hop(h).h for h in hops))
         self._vout = np.zeros(self.batch, ORDER_REQUEST)  # venue orders of one duty cycle (venue_step)
+        self._clock_next = 0.0
+        self._clock_sent = None  # the last clock offset (ms) sent to risk
 
         self.journal_writer = None
         self._journal_thread = None
@@ -476,6 +478,13 @@ class ExecutionStage(KernelStage):
             self._publish_reports(out)
         for typ, fields in self._drain_events():
             self.ctx.event(typ, **fields)
+        t = time.monotonic()
+        if t >= self._clock_next:  # the venue clock's offset, an input to risk (its clock_offset check)
+            self._clock_next = t + 1.0
+            off = v.clock_offset_ms()
+            if off is not None and off != self._clock_sent:
+                self._clock_sent = off
+                self.ctx.event("clock_offset", offset_ms=off)
         return n + len(out)
 
     def _publish_reports(self, out: list) -> None:

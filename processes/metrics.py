@@ -38,6 +38,7 @@ thread never sees a half-built one):
 ``ringtrader_signals_total``                    counter  {strategy,reason} signals emitted (signal stage)
 ``ringtrader_signal_suppressed_total``          counter  {strategy,reason} decisions suppressed: book_invalid,
                                                          stale, warmup, model_budget, bad_score
+``ringtrader_venue_clock_offset_ms``            gauge    venue clock - host clock (sim/live execution), ms
 ==============================================  =======  ==============================================
 """
 
@@ -170,6 +171,12 @@ class RingtraderCollector(Collector):
                 (sig if parts[0] == "signals" else sup).add_metric([parts[1], parts[2]], v)
         yield sig
         yield sup
+        ex = view.get("execution") or {}
+        if "clock_offset_ms" in ex:
+            clk = GaugeMetricFamily(PREFIX + "venue_clock_offset_ms", "Venue clock minus this host's (NTP-style "
+                                                                      "midpoint of /api/v3/time), ms")
+            clk.add_metric([], ex["clock_offset_ms"])
+            yield clk
 
 
 class MetricsServer:

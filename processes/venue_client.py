@@ -657,7 +657,7 @@ class _VenueApi:
     limiter: RateLimiter
     stats: ClientStats
     #: ``on_sent(client_order_id, monotonic_ns)``: an order.place request's bytes were written to the socket
-    #: (WS: the frame handed to the transport; REST: httpx's "request body sent" trace event)
+    #: (WS: the frame handed to the transport; REST: httpcore's "send request headers started" trace event)
     on_sent: Callable[[str, int], Any] | None = None
 
     async def _call(self, method: str, params: dict[str, Any], *, signed: bool, weight: int) -> Any:
@@ -868,7 +868,10 @@ class RestClient(_VenueApi):
                 hook = self.on_sent
 
                 async def trace(event: str, info: dict) -> None:
-                    if event.endswith("send_request_body.complete"):
+                    # the write of the request (line + headers; an order's body is empty, its query is the URL)
+                    # starts now, with no loop yield before it; ".complete" comes after anyio's checkpoint,
+                    # often after the venue's answer was already handled
+                    if event.endswith("send_request_headers.started"):
                         hook(cid, time.monotonic_ns())
 
                 ext = {"trace": trace}

@@ -142,6 +142,7 @@ class VenueExecutor:
         self.known: dict[int, dict] = {}  # venue order id -> the order (from the journal or acks): for myTrades
         self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
         self.position_check: dict = {}
+        self._placing: dict[int, dict] = {}  # cid -> the order's dict while _place_once runs
         # latency (core.latency arrays; the stage's hops VENUE_HOPS): tick -> order bytes on the socket,
         # order record published by risk -> bytes on the socket, bytes on the socket -> the venue's answer
         self.hists = hists
@@ -215,6 +216,11 @@ class VenueExecutor:
         if self.loop is not None and self._up:
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._reconcile(why)))
 
+    def clock_offset_ms(self) -> int | None:
+        """Venue clock minus ours (ms, rounded) once synced, else None."""
+        c = self.client.clock if self.client is not None else None
+        return int(round(c.offset_ms)) if c is not None and c.synced else None
+
     def call(self, coro_fn, timeout_s: float = 5.0):
         """Run ``coro_fn()`` on the venue loop from another thread and wait for it (None when not up)."""
         if self.loop is None or not self._up:
@@ -237,6 +243,9 @@ class VenueExecutor:
     def counters(self) -> dict:
         out = {f"venue_{k}": int(v) for k, v in self.stats.items()}
         out["reconciled"] = int(self.reconciled)
+        off = self.clock_offset_ms()
+        if off is not None:
+            out["clock_offset_ms"] = off
         pc = self.position_check
         if pc:
             out["positions_checked"] = int(bool(pc.get("checked")))
@@ -357,7 +366,7 @@ class VenueExecutor:
 
     def _on_sent(self, wire: str, ns: int) -> None:
         cid = _cid_of(wire, self.instance)
-        o = self.orders.get(cid) if cid is not None else None
+        o = self._placing.get(cid) if cid is not None else None
         if o is None or self.hists is None or o.get("wire_ns"):
             return  # a retry's resend is not the order's latency
         o["wire_ns"] = ns
@@ -416,9 +425,16 @@ class VenueExecutor:
     async def _place_once(self, rec: dict) -> None:
         params = self._params(rec)
         cid = rec["client_order_id"]
+        o = self.orders.get(cid, {})
+        self._placing[cid] = o  # for _on_sent: the final event may remove the order before its bytes are timed
+        try:
+            await self._place_loop(rec, params, cid, o)
+        finally:
+            self._placing.pop(cid, None)
+
+    async def _place_loop(self, rec: dict, params: dict, cid: int, o: dict) -> None:
         attempts = 0
         clock_retried = False
-        o = self.orders.get(cid, {})
         while True:
             try:
                 o["phase"] = f"sending#{attempts}"

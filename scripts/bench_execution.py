@@ -19,8 +19,9 @@ stream is the WS session's in both), in one run so the two are comparable:
   bytes on the socket": the cross-thread hand-off (``call_soon_threadsafe``),
   the task, the limiter, signing and the transport's send. The ring hop
   before it is measured by ``scripts/latency_profile.py --order-every``.
-  "Bytes on the socket" is the WS frame handed to the transport, or httpx's
-  ``send_request_body.complete`` trace event for REST.
+  "Bytes on the socket" is the WS frame handed to the transport, or
+  httpcore's ``send_request_headers.started`` trace event for REST (the
+  write begins with no loop yield before it).
 * ``ack_rtt``: bytes on the socket -> the venue's answer back in the
   executor (``hists[2]``: the simulator's work, loopback both ways, the
   answer's decoding and the awaiting task resumed). The simulator sends the
@@ -80,17 +81,13 @@ Caveats
 * The transports run one after the other on one simulator (a fresh executor
   and session each), so slow drift of the host's load shows as a
   difference between them; ``--transports rest,ws`` swaps the order.
-* REST's "bytes on the socket" is httpx's ``send_request_body.complete``
-  trace event, which fires only after the request was written AND the
-  event loop was yielded to at least once (anyio's checkpoint after every
-  write): the venue's answer and user-data events can be handled first. So
-  for REST ``order_to_wire`` is overstated and ``ack_rtt`` understated, and
-  when the order's final report came first the executor records neither
-  (``_on_sent`` finds no open order): ``samples_missing`` counts those (most
-  REST orders on this host), and the table warns. ``--breakdown`` stamps
-  httpcore's ``send_request_headers.started`` (``hdr``), the last point
-  before the write with no loop yield in between: ``submit->hdr`` is the
-  better REST order-to-wire figure.
+* REST's "bytes on the socket" is httpcore's ``send_request_headers.started``
+  trace event: the write of the request begins right after it with no event
+  loop yield in between (``.complete`` events come only after anyio's
+  checkpoint that follows every write, often after the venue's answer was
+  handled). The executor keeps the order's record while ``_place_once``
+  runs, so a final report that arrives first no longer loses the sample;
+  ``samples_missing`` should be 0 for both transports.
 * Percentiles are the upper edges of log-linear buckets (``core.latency``,
   within 3.1 % above the true value); ``max`` is exact.
 
@@ -229,7 +226,7 @@ class Breakdown:
     (the signature made) -> [REST: http (``httpx.AsyncClient.request`` entered) -> hdr (httpcore's
     ``send_request_headers.started``: h11 encodes the request and writes it with no loop yield in
     between, so this is the last stamp before the bytes)] -> wire (the executor's ``on_sent``: the WS
-    frame handed to the transport; REST: httpx's ``send_request_body.complete``) -> ack (``place_order``
+    frame handed to the transport; REST: httpcore's ``send_request_headers.started``) -> ack (``place_order``
     returned). Beside the chain: ``event`` / ``final``, the order's first / final executionReport from
     the user-data stream (``wire->event``, ``wire->final``; REST: from ``hdr``, with ``hdr->ack``;
     ``event_before_ack`` counts the orders whose first report came before the answer)."""

@@ -48,7 +48,9 @@ def build_view(sup) -> dict:
                          "via_spare": p.via_spare, "stages": list(p.stages), "idle_fraction": _idle_fraction(p)}
     sp = sup.spare
     signal = next((p.stage_counters("signal") for p in sup.procs.values() if "signal" in p.stages), {})
+    execution = next((p.stage_counters("execution") for p in sup.procs.values() if "execution" in p.stages), {})
     return {"processes": procs, "latency": ordered_hops(merged_latency(sup.procs).summary()), "signal": signal,
+            "execution": execution,
             "spares": {"started": sup.spare_stats["started"], "used": sup.spare_stats["used"],
                        "failed": sup.spare_stats["failed"], "ready": int(sp is not None and bool(sp.ready_at))}}
 
