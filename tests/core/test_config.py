@@ -142,6 +142,26 @@ BAD = [
     ("book levels", _set("book", {"levels_capacity": 100}), "book.levels_capacity must be >= 5000, got 100"),
     ("book unknown key", _set("book", {"watermark": 5}), "book.watermark is not a known key"),
     ("spare flag", _set("supervisor.spare_worker", "yes"), "supervisor.spare_worker must be true or false, got string \"yes\""),
+    ("duplicate symbol", _set("instruments", [{"symbol": "BTCUSDT", "tick_size": "0.01", "lot_size": "0.00001",
+                                                "min_notional": "5"}] * 2), "duplicate"),
+    ("no instruments", _set("instruments", []), "instruments"),
+    ("bad symbol", _set("instruments.0.symbol", "btc/usdt"), "instruments[0].symbol"),
+    ("bad instance", _set("instance", "has space"), "instance"),
+    ("unknown section", _set("strategy", {}), "strategy is not a known key"),
+    ("unknown source", _set("market_data.source", "ftp"), "market_data.source must be one of"),
+    ("transport", _set("execution.transport", "carrier-pigeon"), "execution.transport must be one of"),
+    ("shutdown policy", _set("execution.on_shutdown", "panic"), "execution.on_shutdown must be one of"),
+    ("recv window", _set("execution.recv_window_ms", 70000), "execution.recv_window_ms"),
+    ("sizing mode", _set("risk.sizing", {"mode": "yolo"}), "risk.sizing.mode must be one of"),
+    ("pnl method", _set("risk.pnl_method", "hifo"), "risk.pnl_method"),
+    ("metrics port", _set("metrics.port", 70000), "metrics.port"),
+    ("empty cpu set", _set("placement.engine.cpus", []), "placement.engine.cpus must be a non-empty array"),
+    ("negative cpu", _set("placement.engine.cpus", [-1]), "placement.engine.cpus[0]"),
+    ("idle sleeps", _set("placement.engine.idle", {"strategy": "backoff", "min_sleep_us": 500, "max_sleep_us": 10}),
+     "placement.engine.idle"),
+    ("env key name", _set("execution.api_key_env", "not a var"), "execution.api_key_env"),
+    ("live without keys", _set("mode", "live"), "mode live needs $BINANCE_API_KEY"),
+    ("open orders zero", _set("risk.max_open_orders", 0), "risk.max_open_orders"),
     ("missing file", None, "config file not found"),
     ("invalid json", "{\"mode\": \"sim\",, }", "is not valid JSON"),
 ]
@@ -160,24 +180,37 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path, case, edit, expect):
 
 
 def test_supervisor_exits_2_with_the_message_for_every_bad_config(tmp_path):
-    """The real entry point, all cases at once (in parallel: each is a fresh interpreter)."""
+    """The real entry point, every case (six at a time: each is a fresh interpreter)."""
     procs = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGTRADER__")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGTRADER__", "BINANCE_"))}
     for i, (case, edit, expect) in enumerate(BAD):
         path = tmp_path / f"bad{i}.json"
         if callable(edit):
             path.write_text(json.dumps(edit(copy.deepcopy(base()))))
         elif isinstance(edit, str):
             path.write_text(edit)
-        p = subprocess.Popen([sys.executable, "-m", "processes.supervisor", "--config", str(path)], cwd=ROOT,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append((case, expect, p))
-    for case, expect, p in procs:
-        out, err = p.communicate(timeout=60)
+        procs.append((case, expect, [sys.executable, "-m", "processes.supervisor", "--config", str(path)]))
+    running = []
+
+    def finish(case, expect, p):
+        out, err = p.communicate(timeout=180)
         assert p.returncode == 2, f"{case}: exit {p.returncode}\n{out}\n{err}"
         assert expect in err, f"{case}: {err!r}"
         line = json.loads(out.splitlines()[-1])
         assert line["level"] == "ERROR" and expect in line["msg"] and line["proc"] == "supervisor"
+
+    try:
+        for case, expect, cmd in procs:  # a few at a time: each is a fresh interpreter importing numpy and numba
+            if len(running) >= 6:
+                finish(*running.pop(0))
+            running.append((case, expect, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                                           stderr=subprocess.PIPE, text=True)))
+        while running:
+            finish(*running.pop(0))
+    finally:
+        for _c, _e, p in running:
+            p.kill()
+            p.communicate()
 
 
 def test_supervisor_exits_2_for_a_bad_strategy_or_model(tmp_path):
