@@ -129,6 +129,39 @@ def nb_merge(dst, src):
         dst[I_MAX] = src[I_MAX]
 
 
+_UPPER_NS: np.ndarray | None = None  # bucket_upper of every bucket, built on first use (see cumulative_counts)
+
+
+def bucket_uppers() -> np.ndarray:
+    """``int64[N_BUCKETS]``: the largest value (ns) of every bucket, ascending up to the bucket that holds
+    INT64_MAX; the unreachable ones past it are capped at INT64_MAX too. Computed once, with
+    ``bucket_upper``'s Python body (Python ints: no overflow, no numba compile)."""
+    global _UPPER_NS
+    if _UPPER_NS is None:
+        up = bucket_upper.py_func
+        _UPPER_NS = np.array([min(up(i), _INT64_MAX) for i in range(N_BUCKETS)], np.int64)
+    return _UPPER_NS
+
+
+def cumulative_counts(h: np.ndarray, bounds_ns) -> np.ndarray:
+    """``int64[len(bounds_ns)]``: for each upper bound (ns, ascending), the values recorded in buckets whose
+    upper edge is <= the bound: Prometheus ``le`` buckets.
+
+    A bucket that straddles a bound (its values run from below the bound to
+    above it) counts under the first bound >= its upper edge, never under the
+    bound it straddles: the share at or below a bound is never overstated (as
+    ``percentile`` never understates a value), and every value at or below
+    ``bound * 31 / 32`` is counted under it (a bucket is at most 1/32 of its
+    values wide). The +Inf bucket is ``h[I_COUNT]``.
+    """
+    bounds = np.asarray(bounds_ns, np.int64)
+    if len(bounds) > 1 and np.any(np.diff(bounds) <= 0):
+        raise ValueError(f"bounds_ns must be strictly ascending, got {bounds.tolist()}")
+    n_at_or_below = np.searchsorted(bucket_uppers(), bounds, side="right")  # buckets wholly <= each bound
+    cum = np.cumsum(h[:N_BUCKETS])
+    return np.where(n_at_or_below > 0, cum[np.maximum(n_at_or_below - 1, 0)], 0).astype(np.int64)
+
+
 def percentile(h: np.ndarray, q: float) -> int:
     """Value (ns) at percentile ``q`` in [0, 100]: upper edge of its bucket, capped at the exact max. 0 if empty."""
     count = int(h[I_COUNT])

@@ -39,7 +39,13 @@ def ordered_hops(summary: dict) -> dict:
 
 
 def build_view(sup) -> dict:
-    """What the metrics collector reports about processes: replaced whole, never mutated."""
+    """What the metrics collector reports (``processes.metrics``): replaced whole, never mutated.
+
+    ``latency_hists`` holds the merged per-hop ``core.latency`` arrays (fresh
+    copies, ordered like ``latency``); ``signal``/``risk``/``execution``/
+    ``feed`` the stages' counters; ``pnl_method`` the method risk's P&L
+    counters are in.
+    """
     procs = {}
     for p in sup.procs.values():
         procs[p.name] = {"up": p.state == "running" and p.alive, "restarts": len(p.restarts),
@@ -47,10 +53,16 @@ def build_view(sup) -> dict:
                          "recovery_ms": p.recovery_ms[-1] if p.recovery_ms else None,
                          "via_spare": p.via_spare, "stages": list(p.stages), "idle_fraction": _idle_fraction(p)}
     sp = sup.spare
-    signal = next((p.stage_counters("signal") for p in sup.procs.values() if "signal" in p.stages), {})
-    execution = next((p.stage_counters("execution") for p in sup.procs.values() if "execution" in p.stages), {})
-    return {"processes": procs, "latency": ordered_hops(merged_latency(sup.procs).summary()), "signal": signal,
-            "execution": execution,
+
+    def counters(stage: str) -> dict:
+        return next((p.stage_counters(stage) for p in sup.procs.values() if stage in p.stages), {})
+
+    merged = merged_latency(sup.procs)
+    latency = ordered_hops(merged.summary())
+    return {"processes": procs, "latency": latency,
+            "latency_hists": {hop: merged.hists[hop].h for hop in latency},
+            "signal": counters("signal"), "risk": counters("risk"), "execution": counters("execution"),
+            "feed": counters("feed"), "pnl_method": sup.cfg.risk.pnl_method,
             "spares": {"started": sup.spare_stats["started"], "used": sup.spare_stats["used"],
                        "failed": sup.spare_stats["failed"], "ready": int(sp is not None and bool(sp.ready_at))}}
 
