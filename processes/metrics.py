@@ -100,14 +100,14 @@ Signal, risk and execution stages (from their heartbeat counters):
 ``ringtrader_venue_orders_limit``                  gauge      {window} the limit of that window
 =================================================  =========  ==============================================
 
-P&L families carry the method risk reports: today only the configured
-``risk.pnl_method`` (``realized.<SYMBOL>`` ...); when risk reports
-``pnl.<method>.<kind>.<SYMBOL>`` (kind realized, realized_net, unrealized)
-for fifo, lifo and average, all three are exported instead. Risk does not
-report its mids, so there is no exposure until it reports ``mark.<SYMBOL>``.
+P&L families carry every method: risk reports ``pnl.<method>.<kind>.<SYMBOL>``
+(kind realized, realized_net, unrealized) for fifo, lifo and average, side by
+side (a stage that reports only ``realized.<SYMBOL>`` ... is labelled with the
+configured ``risk.pnl_method``). Exposure is the position at risk's mid
+(``mark.<SYMBOL>``).
 
-Deprecated (``legacy_names=True``, the server's default while dashboards and
-tests move): ``ringtrader_hop_latency_us`` (gauge {hop,quantile}, us) and
+Deprecated (``legacy_names=True``; off by default, for an old dashboard):
+``ringtrader_hop_latency_us`` (gauge {hop,quantile}, us) and
 ``ringtrader_venue_clock_offset_ms`` (gauge, ms). ``promtool`` flags both
 (abbreviated units; a quantile label outside a summary); their successors are
 ``ringtrader_hop_latency_quantiles_seconds`` and
@@ -163,7 +163,7 @@ class ViewCollector(Collector):
     ``legacy_names`` adds the deprecated ``_us``/``_ms`` families.
     """
 
-    def __init__(self, view: Callable[[], dict], *, legacy_names: bool = True):
+    def __init__(self, view: Callable[[], dict], *, legacy_names: bool = False):
         self._view = view
         self.legacy_names = legacy_names
 
@@ -179,7 +179,7 @@ class ViewCollector(Collector):
 class RingtraderCollector(ViewCollector):
     """Reads ring headers and the supervisor's worker view at every scrape (see the module docstring)."""
 
-    def __init__(self, instance: str, view: Callable[[], dict], *, legacy_names: bool = True):
+    def __init__(self, instance: str, view: Callable[[], dict], *, legacy_names: bool = False):
         super().__init__(view, legacy_names=legacy_names)
         self._lock = threading.Lock()  # a scrape never reads a ring that close() is unmapping
         self._rings: dict[str, tuple[Ring, tuple[str, ...]]] = {}

@@ -40,7 +40,7 @@ import numpy as np
 from core import filters as flt
 from core.config import RINGS
 from core.latency import nb_record
-from core.pnl import METHOD_IDS, PNL_NA, pnl_avg_entry, pnl_position, pnl_realized, pnl_realized_net, pnl_unrealized
+from core.pnl import METHOD_IDS, METHOD_NAMES, PNL_NA, pnl_avg_entry, pnl_position, pnl_realized, pnl_realized_net, pnl_unrealized
 from core.records import BOOK_EVENT, EXEC_REPORT, ORDER_REQUEST, ORIGIN_KILL, ORIGIN_OPERATOR, ORIGIN_STOP, SIGNAL
 from core.records import OT_LIMIT, OT_MARKET, TIF_GTC, TIF_IOC
 from core.risk_kernels import (
@@ -560,6 +560,9 @@ class RiskStage(KernelStage):
         for i, name in enumerate(DENY_NAMES):
             if i and st.deny[i]:
                 out[f"denied.{name}"] = int(st.deny[i])
+        for i, name in enumerate(TRIP_NAMES):
+            if i:
+                out[f"trips.{name}"] = int(st.trips[i])
         method = int(st.lim[L_PNL_METHOD])
         for s, sym in enumerate(self.symbols):
             mid = int((st.sy[s, 0] + st.sy[s, 2]) // 2) if st.sy[s, 5] else 0
@@ -570,6 +573,13 @@ class RiskStage(KernelStage):
                     "avg_entry": int(pnl_avg_entry(st.pnl, s, method)) if pos else 0}
             for k, v in vals.items():
                 out[f"{k}.{sym}"] = 0 if v == PNL_NA else v
+            if mid:
+                out[f"mark.{sym}"] = mid
+            for m, mname in METHOD_NAMES.items():  # all three methods, side by side (the metrics)
+                for k, v in (("realized", pnl_realized(st.pnl, s, m)),
+                             ("realized_net", pnl_realized_net(st.pnl, s, m, st.fee_px)),
+                             ("unrealized", pnl_unrealized(st.pnl, s, m, mid) if mid else 0)):
+                    out[f"pnl.{mname}.{k}.{sym}"] = 0 if v == PNL_NA else int(v)
         return out
 
 

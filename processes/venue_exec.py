@@ -246,6 +246,13 @@ class VenueExecutor:
         off = self.clock_offset_ms()
         if off is not None:
             out["clock_offset_ms"] = off
+        lim = getattr(self.client, "limiter", None) if self.client is not None else None
+        if lim is not None:  # the venue's rate-limit windows as we count them (headers / rateLimits + in flight)
+            for (kind, ms), w in list(lim.windows.items()):
+                what = "weight" if kind == "REQUEST_WEIGHT" else "orders"
+                out[f"{what}_used.{ms}"] = int(lim.used(kind, ms))
+                if w.limit:
+                    out[f"{what}_limit.{ms}"] = int(w.limit)
         pc = self.position_check
         if pc:
             out["positions_checked"] = int(bool(pc.get("checked")))
@@ -692,6 +699,8 @@ class VenueExecutor:
                           commission=to_fixed(ev["n"]), commission_asset=0 if n_asset == quote else
                           (1 if n_asset == base else 2), is_maker=int(bool(ev.get("m"))))
             self.stats["fills"] += 1
+        elif x == EX_CANCELED:
+            self.stats["canceled"] += 1
         rec["state"] = st
         rec["cum_qty"] = fields["cum_qty"]
         self._report(rec, **fields)

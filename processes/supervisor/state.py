@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 # Heartbeat values that are a current state, not a count: across restarts the
 # latest incarnation's value stands instead of the sum.
 GAUGES = frozenset({"books_valid", "books", "clients", "connected", "rest_used_weight_1m",
-                    "state", "trip"})  # risk's trading state and breaker trip
+                    "state", "trip",  # risk's trading state and breaker trip
+                    "clock_offset_ms", "venue_connected", "reconciled", "positions_checked",
+                    "position_mismatches"})  # execution's venue session
 #: counters that are a state, not a count (risk's positions and P&L per instrument): the latest value wins
-GAUGE_PREFIXES = ("position.", "realized.", "realized_net.", "unrealized.", "avg_entry.")
+GAUGE_PREFIXES = ("position.", "realized.", "realized_net.", "unrealized.", "avg_entry.", "mark.", "pnl.",
+                  "weight_used.", "weight_limit.", "orders_used.", "orders_limit.")
 
 
 def is_gauge(key: str) -> bool:

@@ -86,8 +86,10 @@ def test_killed_workers_are_replaced_by_the_spare_or_a_spawn_metrics_follow_and_
             assert val(m2, "ringtrader_stage_process", stage=n, process=n) == 1
         assert val(m2, "ringtrader_spare_ready") == 1
         assert val(m2, "ringtrader_hop_latency_samples_total", hop="end_to_end") > 0
-        assert 0 < val(m2, "ringtrader_hop_latency_us", hop="end_to_end", quantile="0.5") <= val(
-            m2, "ringtrader_hop_latency_us", hop="end_to_end", quantile="0.99")
+        assert 0 < val(m2, "ringtrader_hop_latency_quantiles_seconds", hop="end_to_end", quantile="0.5") <= val(
+            m2, "ringtrader_hop_latency_quantiles_seconds", hop="end_to_end", quantile="0.99")
+        assert val(m2, "ringtrader_hop_latency_seconds_count", hop="end_to_end") == val(
+            m2, "ringtrader_hop_latency_seconds_bucket", hop="end_to_end", le="+Inf") > 0
         # the signal stage's decisions by strategy and reason (the probe emits one per book record)
         assert val(m2, "ringtrader_signals_total", strategy="latency_probe", reason="trace_probe") > 0
         assert val(m2, "ringtrader_signal_suppressed_total", strategy="mean_reversion", reason="warmup") >= 0
