@@ -98,6 +98,9 @@ Signal, risk and execution stages (from their heartbeat counters):
 ``ringtrader_venue_weight_limit``                  gauge      {client,window} the limit of that window
 ``ringtrader_venue_orders_used``                   gauge      {window} ORDERS counted in the current window
 ``ringtrader_venue_orders_limit``                  gauge      {window} the limit of that window
+``ringtrader_venue_rate_limited_total``            counter    {status} venue answers 429 (paused) and 418 (banned)
+``ringtrader_books``                               gauge      order books kept by the book stage
+``ringtrader_books_valid``                         gauge      order books in sync with the venue
 =================================================  =========  ==============================================
 
 P&L families carry every method: risk reports ``pnl.<method>.<kind>.<SYMBOL>``
@@ -174,6 +177,7 @@ class ViewCollector(Collector):
         yield from _signal_metrics(view.get("signal") or {})
         yield from _risk_metrics(view.get("risk") or {}, view.get("pnl_method") or "")
         yield from _execution_metrics(view.get("execution") or {}, view.get("feed") or {}, self.legacy_names)
+        yield from _book_metrics(view.get("book") or {})
 
 
 class RingtraderCollector(ViewCollector):
@@ -412,7 +416,21 @@ def _execution_metrics(ex: dict, feed: dict, legacy_names: bool):
             yield GaugeMetricFamily(PREFIX + "venue_clock_offset_ms", "Deprecated: ringtrader_venue_clock_offset_"
                                                                       "seconds. Venue clock minus this host's, ms",
                                     value=ex["clock_offset_ms"])
+    if "venue_connected" in ex:  # sim/live: the venue's answers to our pacing (must stay 0) and bans
+        rl = CounterMetricFamily(PREFIX + "venue_rate_limited", "Venue answers 429 (paused new orders) and 418 "
+                                                                "(banned: trading halted)", labels=["status"])
+        rl.add_metric(["429"], ex.get("venue_retries_429", 0))
+        rl.add_metric(["418"], ex.get("venue_halts", 0))
+        yield rl
     yield from _rate_limit_metrics(ex, feed)
+
+
+def _book_metrics(book: dict):
+    """Books the book stage keeps and how many are valid (in sync with the venue)."""
+    if "books" in book:
+        yield GaugeMetricFamily(PREFIX + "books", "Order books kept by the book stage", value=book["books"])
+        yield GaugeMetricFamily(PREFIX + "books_valid", "Order books in sync with the venue (snapshot + diffs)",
+                                value=book.get("books_valid", 0))
 
 
 def _rate_limit_metrics(ex: dict, feed: dict):
@@ -444,7 +462,7 @@ class MetricsServer:
     supervisor turns that into one warning and runs on without metrics.
     """
 
-    def __init__(self, instance: str, view: Callable[[], dict], host: str, port: int, *, legacy_names: bool = True):
+    def __init__(self, instance: str, view: Callable[[], dict], host: str, port: int, *, legacy_names: bool = False):
         self.collector = RingtraderCollector(instance, view, legacy_names=legacy_names)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.collector)

@@ -62,7 +62,7 @@ def build_view(sup) -> dict:
     return {"processes": procs, "latency": latency,
             "latency_hists": {hop: merged.hists[hop].h for hop in latency},
             "signal": counters("signal"), "risk": counters("risk"), "execution": counters("execution"),
-            "feed": counters("feed"), "pnl_method": sup.cfg.risk.pnl_method,
+            "feed": counters("feed"), "book": counters("book"), "pnl_method": sup.cfg.risk.pnl_method,
             "spares": {"started": sup.spare_stats["started"], "used": sup.spare_stats["used"],
                        "failed": sup.spare_stats["failed"], "ready": int(sp is not None and bool(sp.ready_at))}}
 
