@@ -151,6 +151,7 @@ FAMILIES = {  # name as parsed (counters without _total) -> (type, label names)
     "ringtrader_order_rejects": ("counter", set()),
     "ringtrader_unknown_outcomes": ("counter", set()),
     "ringtrader_venue_connected": ("gauge", set()),
+    "ringtrader_venue_rate_limited": ("counter", {"status"}),
     "ringtrader_venue_clock_offset_seconds": ("gauge", set()),
     "ringtrader_venue_weight_used": ("gauge", {"client", "window"}),
     "ringtrader_venue_weight_limit": ("gauge", {"client", "window"}),
@@ -405,3 +406,11 @@ def test_promtool_flags_only_the_deprecated_names():
     r = promtool_check(exposition(ViewCollector(make_view, legacy_names=True)))
     flagged = {line.split()[0] for line in (r.stdout + r.stderr).splitlines() if line.strip()}
     assert r.returncode != 0 and flagged == {"ringtrader_hop_latency_us", "ringtrader_venue_clock_offset_ms"}
+
+
+def test_book_health_and_the_venues_429_418_answers():
+    fams = scrape({"book": {"books": 2, "books_valid": 1}, "execution": {"venue_connected": 1, "venue_retries_429": 3,
+                                                                         "venue_halts": 1}})
+    assert values(fams, "ringtrader_books") == {(): 2} and values(fams, "ringtrader_books_valid") == {(): 1}
+    assert values(fams, "ringtrader_venue_rate_limited") == {("429",): 3, ("418",): 1}
+    assert "ringtrader_books" not in scrape({})  # no book stage reported yet: no family
