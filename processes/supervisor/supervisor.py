@@ -11,6 +11,7 @@ import time
 
 from core.config import RINGS, SIMULATOR, SystemConfig
 from core.topology import stage_processes
+from processes.supervisor.sdnotify import SdNotifier
 from processes.supervisor.shutdown import ShutdownMixin
 from processes.supervisor.spare import SpareMixin
 from processes.supervisor.state import Proc
@@ -55,6 +56,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self._next_view = 0.0
         self.operator_state = None  # the operator's last halt / reduce-only (re-sent to a restarted risk process)
         self.control = None  # processes.supervisor.control.OperatorControl while the operator's socket is served
+        self.sd = SdNotifier()  # READY/WATCHDOG/STATUS/STOPPING to systemd; inert without NOTIFY_SOCKET
 
     # -- setup ------------------------------------------------------------------
 
@@ -221,6 +223,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         # Kernels are compiled by one process before any other starts: numba's cache is not safe against
         # several processes compiling overloads of one function at once (see core.numba_cache.ensure_compiled).
         if self.cfg.source_path and not numba_cache.is_complete():
+            self.sd.phase("compiling numba kernels (first start after an install or an upgrade)", timeout)
             try:
                 self.cold_cache, took = numba_cache.ensure_compiled(
                     self.cfg.source_path, timeout,
@@ -234,6 +237,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             self.cold_cache = True
             log.info(numba_cache.cold_start_message(), extra={"cache": os.environ.get("NUMBA_CACHE_DIR")})
         if SIMULATOR in self.procs:
+            self.sd.phase("waiting for the simulator", timeout)
             self.spawn(self.procs[SIMULATOR])
             if not self.wait_ready([SIMULATOR], timeout):
                 return False
@@ -241,6 +245,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             return False
         self._journal_epoch()
         order = list(reversed(stage_processes(self.cfg)))
+        self.sd.phase(f"waiting for {len(order)} processes to be ready", timeout)
         for n in order:
             self.spawn(self.procs[n])
         return self.wait_ready(order, timeout)
@@ -357,6 +362,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                                                         "cold_cache": self.cold_cache})
                 t_ready = time.monotonic()
                 self.control.set_running()
+                self.sd.ready(self)  # the pipeline flows and the operator's socket takes commands
                 while not self.stop_signals:
                     if duration_s is not None and time.monotonic() - t_ready >= duration_s:
                         log.info("duration of %.1f s elapsed", duration_s)
@@ -365,11 +371,13 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                         break
                     self.control.service()
                     self.refresh_view()
+                    self.sd.tick(self)  # WATCHDOG=1 only from a pass that completed
                     self._wait(TICK_S)
                 self.flow_s = round(time.monotonic() - t_ready, 3)
                 if self.stop_signals:
                     log.info("stop requested by signal")
             self.control.set_stopping()
+            self.sd.stopping(self)
             self.shutdown()
         except KeyboardInterrupt:
             forced = True
@@ -379,6 +387,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stop_control()
+            self.sd.close()
             self.kill_all()
             self.final = self.summary()
             self.stop_metrics()  # before the rings go: it reads their headers
