@@ -126,6 +126,8 @@ class VenueExecutor:
         self.seen: set = set()  # execution ids (and trade ids) already reported
         self.last_trade: dict[str, int] = {}  # symbol -> last trade id reported
         self.stats: collections.Counter = collections.Counter()
+        for k in ("sent", "acked", "fills", "rejects", "canceled", "unknown_outcomes", "adopted", "retries_429", "halts"):
+            self.stats[k] = 0  # reported from the start (a metric family exists before its first event)
         self.rng = random.Random()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client = None

@@ -3,7 +3,8 @@
 The system runs in sim mode against the local simulator with the ``every_n`` strategy trading, for about
 25 s; a Prometheus server on 127.0.0.1 scrapes the supervisor's ``/metrics`` every second. Through
 Prometheus's HTTP API the test checks that every family the endpoint exposes was ingested, that the
-families an operator needs are among them, and that ``rate(...)`` of the flow counters is above 0.
+families an operator needs are among them, that ``rate(...)`` of the flow counters is above 0, and that
+every panel query of the Grafana dashboard (config/grafana/ringtrader.json) returns data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_restart_recovery import trading_config
+from test_restart_recovery import ROOT, trading_config
 from test_supervisor import Run, msg
 
 #: families that must be there in a trading sim run (a subset of processes/metrics.py's table)
@@ -82,6 +83,15 @@ def test_a_real_prometheus_scrapes_every_family_and_the_flow_counters_move(tmp_p
         for counter in FLOWING:
             res = _query(base, f"sum(rate({counter}[10s]))")
             assert res and float(res[0]["value"][1]) > 0, f"rate({counter}) is not above 0: {res}"
+        # every panel of the Grafana dashboard has data (its variables as Grafana would fill them)
+        dash = json.loads((ROOT / "config" / "grafana" / "ringtrader.json").read_text())
+        empty = []
+        for panel in dash["panels"]:
+            for t in panel["targets"]:
+                q = t["expr"].replace("$__rate_interval", "10s").replace("$hop", "end_to_end")
+                if not _query(base, q):
+                    empty.append((panel["title"], q))
+        assert empty == [], f"dashboard queries without data: {empty}"
         assert run.wait(120) == 0
     finally:
         if prom is not None:
