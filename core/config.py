@@ -894,16 +894,34 @@ def parse_config(data, *, host_cpus=None, source_path: str = "") -> SystemConfig
     return cfg
 
 
+def online_cpus() -> set[int]:
+    """CPU ids online on this host (``/sys/devices/system/cpu/online``, e.g. ``0-3,6``): a placement may pin
+    to any of them, including cores isolated from the scheduler (``isolcpus``) that this process's own
+    affinity leaves out. Falls back to this process's affinity where sysfs is unreadable."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+        out: set[int] = set()
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+        if out:
+            return out
+    except (OSError, ValueError):
+        pass
+    return set(os.sched_getaffinity(0))
+
+
 def load_config(path, *, env=None, host_cpus="auto") -> SystemConfig:
     """Load, override from the environment, and validate a config file.
 
     ``env`` defaults to ``os.environ``. ``host_cpus="auto"`` checks CPU ids
-    against ``os.sched_getaffinity(0)``; pass ``None`` to skip (e.g. to lint a
+    against the host's online CPUs (``online_cpus``: not this process's affinity, which excludes
+    ``isolcpus`` cores and a systemd unit's ``CPUAffinity=``); pass ``None`` to skip (e.g. to lint a
     config meant for another host). Raises ``ConfigError``.
     """
     env = os.environ if env is None else env
     if host_cpus == "auto":
-        host_cpus = set(os.sched_getaffinity(0))
+        host_cpus = online_cpus()
     p = Path(path)
     try:
         text = p.read_text()

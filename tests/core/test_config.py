@@ -250,3 +250,10 @@ def test_supervisor_exits_2_for_a_bad_strategy_or_model(tmp_path):
         assert p.returncode == 2, f"{case}: exit {p.returncode}\n{out}\n{err}"
         assert expect in err, f"{case}: {err!r}"
         assert "Traceback" not in err, case
+
+
+def test_placements_are_checked_against_the_online_cpus_not_this_processs_affinity():
+    """isolcpus cores and a systemd unit's CPUAffinity= leave this process's affinity, not the host."""
+    from core.config import online_cpus
+
+    assert set(os.sched_getaffinity(0)) <= online_cpus()
