@@ -287,6 +287,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AlertsConfig:
+    webhook_url: str | None = None  # POST every alert event here (processes/supervisor/alerts.py); None: log only
+    format: str = "json"  # "json" (generic, with Slack's "text" and Discord's "content") | "text" ({"text": ...})
+    timeout_s: float = 2.0  # per attempt
+    retries: int = 3  # after the first attempt, on a connection error, a time-out or a 5xx
+
+
+@dataclass(frozen=True, kw_only=True)
 class LoggingConfig:
     level: str = "INFO"
     stdout: bool = True  # JSON lines to stdout
@@ -310,6 +318,7 @@ class SystemConfig:
     logging: LoggingConfig
     simulator: dict  # the simulator's own section, validated by the simulator (processes.simulator.config)
     source_path: str = ""  # the file this was loaded from
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)  # alert webhooks (optional section)
     venue: str = ""  # core.filters.VenueInfo JSON the supervisor resolved from exchangeInfo at start ("" = none)
 
     def process(self, name: str) -> ProcessConfig:
@@ -810,6 +819,18 @@ def _metrics(s: _Section) -> MetricsConfig:
     return cfg
 
 
+def _alerts(s: _Section) -> AlertsConfig:
+    d = AlertsConfig()
+    url = s.str("webhook_url", None, nullable=True)
+    if url is not None and not re.match(r"^https?://[^\s/]+", url):
+        raise ConfigError(s.p("webhook_url"), f"must be an http(s) URL, got {url!r}")
+    cfg = AlertsConfig(webhook_url=url, format=s.str("format", d.format, choices=("json", "text")),
+                       timeout_s=s.num("timeout_s", d.timeout_s, lo=0.1, hi=60.0),
+                       retries=s.int("retries", d.retries, lo=0, hi=10))
+    s.finish()
+    return cfg
+
+
 def _logging(s: _Section) -> LoggingConfig:
     cfg = LoggingConfig(level=s.str("level", "INFO", choices=LOG_LEVELS), stdout=s.bool("stdout", True),
                         file=s.str("file", None, nullable=True))
@@ -886,6 +907,7 @@ def parse_config(data, *, host_cpus=None, source_path: str = "") -> SystemConfig
         rings=_rings(top.section("rings", required=True)),
         supervisor=_supervisor(top.section("supervisor")),
         metrics=_metrics(top.section("metrics")),
+        alerts=_alerts(top.section("alerts")),
         logging=_logging(top.section("logging")),
         simulator=_simulator(top.raw("simulator", {})),
         source_path=source_path,

@@ -56,6 +56,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self._next_view = 0.0
         self.operator_state = None  # the operator's last halt / reduce-only (re-sent to a restarted risk process)
         self.control = None  # processes.supervisor.control.OperatorControl while the operator's socket is served
+        self.alerter = None  # processes.supervisor.alerts.WebhookAlerter when alerts.webhook_url is set
         self.sd = SdNotifier()  # READY/WATCHDOG/STATUS/STOPPING to systemd; inert without NOTIFY_SOCKET
 
     # -- setup ------------------------------------------------------------------
@@ -175,6 +176,17 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self.metrics_port = self.metrics.port
         log.info("metrics endpoint listening", extra={"host": mc.host, "port": self.metrics.port,
                                                        "url": f"http://{mc.host}:{self.metrics.port}/metrics"})
+
+    def start_alerts(self) -> None:
+        """Alert webhooks (``alerts.webhook_url``): every ``alert`` event is posted off the watch loop."""
+        ac = self.cfg.alerts
+        if not ac.webhook_url:
+            return
+        from processes.supervisor.alerts import WebhookAlerter
+
+        self.alerter = WebhookAlerter(ac.webhook_url, instance=self.cfg.instance, fmt=ac.format,
+                                      timeout_s=ac.timeout_s, retries=ac.retries)
+        log.info("alert webhook configured", extra={"format": ac.format})  # the URL may hold a token: not logged
 
     def stop_metrics(self) -> None:
         if self.metrics is not None:
@@ -343,6 +355,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                 self.exit_code = EXIT_FAIL
                 return self.exit_code
             self.start_metrics()
+            self.start_alerts()
             if not self.start_control():
                 self.exit_code = EXIT_FAIL
                 return self.exit_code
@@ -388,6 +401,8 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stop_control()
             self.sd.close()
+            if self.alerter is not None:
+                self.alerter.close()
             self.kill_all()
             self.final = self.summary()
             self.stop_metrics()  # before the rings go: it reads their headers

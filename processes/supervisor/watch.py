@@ -73,6 +73,8 @@ class WatchMixin:
                   "msg": f"event {kind}"}
             ev.update(m)
             self.sink.write(ev)
+            if kind == "alert" and getattr(self, "alerter", None) is not None:
+                self.alerter.post(ev)  # queued; a thread posts it (never blocks this loop)
 
     def _on_ready(self, p: Proc, m: dict, now: float) -> None:
         p.state = "running"
