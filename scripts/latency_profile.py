@@ -31,6 +31,12 @@ config/dedicated-host.json (one isolated core per stage, busy-spin; needs
   RINGTRADER__PLACEMENT__ENGINE__IDLE__STRATEGY=backoff scripts/latency_profile.py   # env overrides apply
   scripts/latency_profile.py --source sim --placements small --order-every 10 --transport ws   # tick-to-order
   scripts/latency_profile.py --source sim --placements small --order-every 10 --transport rest
+  scripts/latency_profile.py --json --plot lat.png                   # also draw it (scripts/_plots.py)
+  scripts/latency_profile.py --plot-from lp.json --plot lat.png      # redraw a saved --json result, no run
+
+``--plot PATH``: one PNG with the per-hop latency CDFs of the first
+placement and end_to_end per placement with each one's idle strategies
+(log x in us; needs matplotlib, in the test extra).
 
 Compare runs only on the same machine under the same load (the load average is printed).
 """
@@ -47,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,7 +270,8 @@ def profile(args) -> dict:
               "max_sleep_us": eng.idle.max_sleep_us}
     if strategy == "busy_spin":
         params = {}
-    out = {"machine": machine(), "config": str(args.config), "source": args.source, "rate_per_s": args.rate,
+    out = {"machine": machine(), "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "config": str(args.config), "source": args.source, "rate_per_s": args.rate,
            "seconds": args.seconds, "engine_idle": {"strategy": strategy, **params},
            "order_every": args.order_every or None, "transport": args.transport if args.order_every else None}
     out["wake_us"] = {"strategy": strategy, **wake(strategy, params, args.wake_n)}
@@ -289,9 +297,12 @@ def profile(args) -> dict:
                "end_to_end": {k: e2e.get(k) for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us")},
                "ratio": round(e2e["p50_us"] / out["wake_us"]["p50_us"], 2) if e2e.get("p50_us") else None,
                "latency": lat,
+               "idle": {n: p["idle"] for n, p in s["processes"].items() if p["stages"]},
                "throughput_per_s": {r: round(v["published"] / flow, 1) for r, v in s["rings"].items()},
                "idle_fraction": {n: p["idle_fraction"] for n, p in s["processes"].items()},
                "restarts": s["restarts"], "warnings": s["_warnings"][-5:]}
+        if s.get("latency_hists"):  # per-hop bucket counts, when the supervisor's summary carries them (CDFs)
+            row["latency_hists"] = {h: s["latency_hists"][h] for h in lat if h in s["latency_hists"]}
         if s["_killed_pid"]:
             row["kill"] = {"process": args.kill, "recovery_ms": s["processes"][args.kill]["recovery_ms"],
                            "crash_to_ready_ms": s["processes"][args.kill]["crash_to_ready_ms"],
@@ -309,6 +320,7 @@ def profile(args) -> dict:
             row["md_per_s"] = round(s["rings"]["md"]["published"] / (s.get("flow_s") or args.seconds), 1)
             row["placement"] = first
             out["cpu"][label] = row
+    out["load_avg_at_end"] = list(os.getloadavg())  # a shared host's neighbours show here (the plot's title)
     return out
 
 
@@ -362,11 +374,32 @@ def main(argv=None) -> int:
                          "adds the tick_to_order, order_to_wire and ack_rtt hops")
     ap.add_argument("--transport", default="ws", choices=("ws", "rest"), help="with --order-every: the order transport")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="also draw per-hop latency CDFs and the placement comparison into this PNG")
+    ap.add_argument("--plot-from", default=None, metavar="JSON",
+                    help="with --plot: draw a saved --json result instead of running anything")
     args = ap.parse_args(argv)
     if args.order_every and args.source != "sim":
         ap.error("--order-every needs --source sim (orders go to the simulator's order side)")
+    if args.plot_from and not args.plot:
+        ap.error("--plot-from needs --plot PNG (where to draw it)")
+    if args.plot:
+        import _plots
+
+        _plots.require_matplotlib()  # before a run of minutes, not after it
+    if args.plot_from:
+        try:
+            r = json.loads(Path(args.plot_from).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--plot-from {args.plot_from}: not a readable JSON result ({exc})") from exc
+        if not isinstance(r, dict) or not isinstance(r.get("placements"), dict):
+            raise SystemExit(f"--plot-from {args.plot_from}: no 'placements' (not a latency_profile.py --json result)")
+        sys.stderr.write(f"plot: {_plots.plot_result(r, args.plot)}\n")
+        return 0
     r = profile(args)
     sys.stdout.write((json.dumps(r, indent=2) if args.json else show(r)) + "\n")
+    if args.plot:
+        sys.stderr.write(f"plot: {_plots.plot_result(r, args.plot)}\n")
     return 0
 
 
