@@ -86,8 +86,9 @@ def build_summary(sup) -> dict:
                              "idle": sup.cfg.placement[p.name].idle.strategy, "idle_info": p.idle_info}
         for st in p.stages:
             stages[st] = {"process": p.name, "counters": p.stage_counters(st)}
+    merged = merged_latency(sup.procs)
     latency = {hop: {k: s[k] for k in ("count", "p50_us", "p90_us", "p99_us", "p999_us", "max_us")}
-               for hop, s in ordered_hops(merged_latency(sup.procs).summary()).items()}
+               for hop, s in ordered_hops(merged.summary()).items()}
     ex = (stages.get("execution") or {}).get("counters") or {}
     paper_rejects = sum(v for k, v in ex.items() if k.startswith("paper_rejected_"))
     execution = {"orders_sent": ex.get("venue_sent", ex.get("paper_requests", 0)),
@@ -103,6 +104,8 @@ def build_summary(sup) -> dict:
             "run_s": round(time.monotonic() - sup.t_start, 3),
             "placement": {n: list(p.stages) for n, p in sup.cfg.placement.items() if p.stages},
             "rings": rings, "processes": processes, "stages": stages, "latency": latency,
+            # the merged histograms themselves (core.latency wire form: sparse bucket counts), for CDFs
+            "latency_hists": ordered_hops(merged.to_wire()),
             "restarts": sum(len(p.restarts) for p in sup.procs.values()),
             "spares": {k: (list(v) if isinstance(v, list) else v) for k, v in sup.spare_stats.items()},
             "metrics_port": sup.metrics_port}
