@@ -135,8 +135,15 @@ def _cpu_ticks(pid: int) -> int | None:
     return int(f[11]) + int(f[12])  # utime + stime (fields 14 and 15)
 
 
-def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tuple[float, float] | None = None) -> dict:
-    """Run the supervisor on ``cfg``; returns its summary plus what was measured from outside."""
+def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tuple[float, float] | None = None,
+             scrape_every_s: float = 0.0) -> dict:
+    """Run the supervisor on ``cfg``; returns its summary plus what was measured from outside.
+
+    ``scrape_every_s`` > 0: the metrics endpoint is on and scraped that often during the run, as
+    Prometheus would (``--metrics-scrape``); the scrape times are returned in ``_scrape_ms``."""
+    if scrape_every_s > 0:
+        cfg = copy.deepcopy(cfg)
+        cfg["metrics"].update(enabled=True, host="127.0.0.1", port=0)
     with tempfile.TemporaryDirectory(prefix="ringtrader-profile-") as tmp:
         cfg_path = Path(tmp) / "profile.json"
         cfg_path.write_text(json.dumps(cfg))
@@ -163,10 +170,15 @@ def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tup
         reader.start()
         cpu = None
         killed = None
+        scrapes: list[float] = []
         try:
             go = _wait_for(events, p, lambda e: e.get("msg") == "all processes ready", 600)
             if go is not None and cpu_window is not None:
                 cpu = _sample_cpu(events, p.pid, *cpu_window)
+            if go is not None and scrape_every_s > 0:
+                scraper = threading.Thread(target=_scrape_loop, args=(events, p, scrape_every_s, scrapes),
+                                           daemon=True)
+                scraper.start()
             if go is not None and kill:
                 victim = next((e["pid"] for e in reversed(events) if e.get("msg") == f"{kill} ready"), None)
                 if victim is None:
@@ -193,7 +205,27 @@ def run_once(cfg: dict, seconds: float, kill: str | None = None, cpu_window: tup
     s["_warnings"] = warnings
     s["_cpu"] = cpu
     s["_killed_pid"] = killed
+    s["_scrape_ms"] = scrapes
     return s
+
+
+def _scrape_loop(events: list, p, every_s: float, out: list) -> None:
+    """Scrape the run's /metrics every ``every_s`` until it exits; append each scrape's wall time (ms)."""
+    import urllib.request
+
+    ev = next((e for e in events if e.get("msg") == "metrics endpoint listening"), None)
+    if ev is None:
+        return
+    url = f"http://127.0.0.1:{ev['port']}/metrics"
+    while p.poll() is None:
+        t = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+            out.append((time.perf_counter() - t) * 1000)
+        except OSError:
+            pass
+        time.sleep(every_s)
 
 
 def _wait_for(events: list, p, pred, timeout: float):
@@ -289,7 +321,8 @@ def profile(args) -> dict:
         cfg = source_config(d, args.source, args.rate, f"profile-{os.getpid()}-{name}")
         if args.order_every:
             cfg = trading_config(cfg, args.order_every, args.transport)
-        s = run_once(cfg, args.seconds, kill=args.kill if name == args.placements.split(",")[0] else None)
+        s = run_once(cfg, args.seconds, kill=args.kill if name == args.placements.split(",")[0] else None,
+                     scrape_every_s=args.metrics_scrape)
         lat = _lat(s)
         e2e = lat.get("end_to_end", {})
         flow = s.get("flow_s") or args.seconds
@@ -301,6 +334,10 @@ def profile(args) -> dict:
                "throughput_per_s": {r: round(v["published"] / flow, 1) for r, v in s["rings"].items()},
                "idle_fraction": {n: p["idle_fraction"] for n, p in s["processes"].items()},
                "restarts": s["restarts"], "warnings": s["_warnings"][-5:]}
+        if s.get("_scrape_ms"):
+            ms = sorted(s["_scrape_ms"])
+            row["metrics_scrape_ms"] = {"count": len(ms), "p50": round(ms[len(ms) // 2], 2),
+                                        "max": round(ms[-1], 2), "every_s": args.metrics_scrape}
         if s.get("latency_hists"):  # per-hop bucket counts, when the supervisor's summary carries them (CDFs)
             row["latency_hists"] = {h: s["latency_hists"][h] for h in lat if h in s["latency_hists"]}
         if s["_killed_pid"]:
@@ -373,6 +410,9 @@ def main(argv=None) -> int:
                     help="trade: the every_n strategy orders on every Nth top-of-book change (needs --source sim); "
                          "adds the tick_to_order, order_to_wire and ack_rtt hops")
     ap.add_argument("--transport", default="ws", choices=("ws", "rest"), help="with --order-every: the order transport")
+    ap.add_argument("--metrics-scrape", type=float, default=0.0, metavar="S",
+                    help="metrics endpoint on and scraped every S seconds during each run (default off: compare "
+                         "runs with and without it); the scrape times are reported")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--plot", default=None, metavar="PNG",
                     help="also draw per-hop latency CDFs and the placement comparison into this PNG")
