@@ -505,6 +505,21 @@ def ml_decide(st, s, sym, o):
 
 
 @nb.njit(cache=True, nogil=True, _nrt=False)
+def _top_usable(st, fs, s, ev, now_ns):
+    """The symbol's latest top is valid and fresh for this record (``signal.max_staleness_ms``; live, the
+    record's own wait too); otherwise the suppression is counted for strategy ``s``."""
+    t = fs.top[ev.symbol]
+    if t[TOP_VALID] == 0:
+        st.sup[s, SUP_BOOK_INVALID] += 1
+        return False
+    stale = st.limits[1]
+    if ev.recv_ns - t[TOP_RECV_NS] > stale or (now_ns > 0 and now_ns - ev.recv_ns > stale):
+        st.sup[s, SUP_STALE] += 1
+        return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, _nrt=False)
 def _every_n(st, fs, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
     """``every_n``: on every Nth top-of-book change of a symbol, BUY when flat, CLOSE when long (a load and
     latency-measurement strategy: it trades on a clock of ticks, not on a view). No warm-up; a valid, fresh
@@ -515,13 +530,7 @@ def _every_n(st, fs, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
     st.last_ns[s, sym] += 1
     if st.last_ns[s, sym] % np.int64(st.params[s, EP_EVERY]) != 0:
         return k
-    t = fs.top[sym]
-    if t[TOP_VALID] == 0:
-        st.sup[s, SUP_BOOK_INVALID] += 1
-        return k
-    stale = st.limits[1]
-    if ev.recv_ns - t[TOP_RECV_NS] > stale or (now_ns > 0 and now_ns - ev.recv_ns > stale):
-        st.sup[s, SUP_STALE] += 1
+    if not _top_usable(st, fs, s, ev, now_ns):
         return k
     if st.intent[s, sym] == 0:
         st.intent[s, sym] = 1
@@ -555,13 +564,7 @@ def _decide(st, fs, model, s, ev, trig, now_ns, out, seq, mask, k, book_seq):
         trigger = TRIGGER_TOP
     else:
         return k
-    t = fs.top[sym]
-    if t[TOP_VALID] == 0:
-        st.sup[s, SUP_BOOK_INVALID] += 1
-        return k
-    stale = st.limits[1]
-    if ev.recv_ns - t[TOP_RECV_NS] > stale or (now_ns > 0 and now_ns - ev.recv_ns > stale):
-        st.sup[s, SUP_STALE] += 1
+    if not _top_usable(st, fs, s, ev, now_ns):
         return k
     f = fs.feat[sym]
     if not bar_features_ready(f):

@@ -44,9 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import random
-import sys
 import threading
 import time
 from typing import Any
@@ -153,11 +151,6 @@ class VenueExecutor:
     def start(self, wait_s: float = 0.0) -> None:
         """Start the venue thread. It does not hold up the caller (the stage's duty cycle must not wait on the
         network): orders submitted before the session is up wait in a queue and go out once it is."""
-        # The venue thread shares the GIL with the duty cycle's thread. CPython hands the GIL over only every
-        # switch interval (5 ms by default) to a thread that wants it: an order would wait for it. 200 us
-        # bounds that wait; the duty cycle spends its time in nogil kernels and idle waits, so it costs little.
-        sys.setswitchinterval(min(sys.getswitchinterval(), float(os.environ.get("RINGTRADER_SWITCH_INTERVAL_S",
-                                                                                 "0.0002"))))
         self._thread = threading.Thread(target=self._thread_main, name="venue", daemon=True)
         self._thread.start()
         if wait_s > 0:
@@ -199,13 +192,10 @@ class VenueExecutor:
             n += 1
         for f in journal.fills(epoch=True):
             self.seen.add(("trade", f["symbol"], int(f["trade_id"])))
-        for oid, (cid, sym) in journal.order_ids().items():
-            if oid not in self.known and sym in self.sym_id:
-                row = journal.query("SELECT side, qty FROM orders WHERE instance = ? AND cid = ?",
-                                    (self.instance, cid))
-                if row and row[0][1] is not None:
-                    self.known[oid] = {"client_order_id": cid, "symbol": self.sym_id[sym],
-                                       "side": sides.get(row[0][0], 0), "qty": int(row[0][1]), "ref_px": 0}
+        for oid, o in journal.order_ids().items():
+            if oid not in self.known and o["symbol"] in self.sym_id and o["qty"] is not None:
+                self.known[oid] = {"client_order_id": o["cid"], "symbol": self.sym_id[o["symbol"]],
+                                   "side": sides.get(o["side"], 0), "qty": int(o["qty"]), "ref_px": 0}
         for sym in self.symbols:
             t = journal.last_trade_id(sym)
             if t is not None:
