@@ -23,12 +23,31 @@ their command line. A restarted worker is a new row (``name#pid``).
   scripts/soak.py --minutes 10 --synthetic --rate 20000 --json soak.json
   scripts/soak.py --minutes 10 --rate 20000 --sim-port 9110   # simulator at 20k events/s on its own port
   RINGTRADER__PLACEMENT__ENGINE__IDLE__MAX_SLEEP_US=200 scripts/soak.py --minutes 5   # overrides pass through
+  scripts/soak.py --minutes 60 --rate 20000 --sim-port 9180 --check --json soak.json --plot docs/soak.png
+  scripts/soak.py --plot-from soak.json --plot docs/soak.png                 # redraw, no run
+
+Latency: the run's metrics endpoint (on a free port unless ``--metrics-port``
+says which) is scraped at every sample; the per-hop histogram
+``ringtrader_hop_latency_seconds`` is cumulative, so the difference of two
+scrapes is the window's own histogram, and its p50/p99 are read from it the
+way PromQL's ``histogram_quantile`` does (linear within a 1-2-5 bucket: a
+window figure is exact to its bucket, which is enough to see a drift). At the
+end ``latency_drift`` compares, per hop, the median window p50/p99 of the
+first and the last third of the samples after warm-up.
+
+Verdict (``--check``, exit 3 when it fails): every worker's RSS grows less
+than ``--max-growth-pct`` (1 %) from warm-up to the end, and no hop's window
+p50 or p99 in the last third exceeds the first third's by more than
+``--max-drift`` (x1.5: these shared hosts are noisy). ``--plot PNG`` draws RSS
+per process and the per-window latency of the hops over time (``--plot-from
+JSON`` redraws a saved ``--json`` result).
 
 ``--rate`` sets both ``market_data.synthetic.rate_per_s`` and
 ``simulator.rate`` (whichever source the config uses); ``--synthetic`` switches
 the feed to the synthetic source and disables the simulator. The instance is
-``soak-<pid>`` unless ``--instance`` says otherwise, and metrics are off unless
-``--metrics-port`` is given, so a soak never collides with another run.
+``soak-<pid>`` unless ``--instance`` says otherwise and the metrics port is a
+free one (``--no-latency``: metrics off, no latency samples), so a soak never
+collides with another run.
 ``--max-slope MB/min`` makes the exit code 3 when any process grows faster.
 """
 
@@ -40,14 +59,17 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXIT_SLOPE = 3
+EXIT_SLOPE = 3  # also --check failing
+LAT_FAMILY = "ringtrader_hop_latency_seconds"
 
 
 # ---------------------------------------------------------------------------
@@ -208,6 +230,100 @@ class Tracker:
         return n
 
 
+
+# ---------------------------------------------------------------------------
+# Latency: windows of the cumulative Prometheus histograms
+# ---------------------------------------------------------------------------
+
+
+def parse_hop_buckets(text: str) -> dict[str, list[tuple[float, float]]]:
+    """``{hop: [(le_seconds, cumulative count)]}`` (sorted, +Inf last) of a metrics scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[float, float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != LAT_FAMILY:
+            continue
+        for smp in fam.samples:
+            if smp.name == LAT_FAMILY + "_bucket" and "hop" in smp.labels:
+                out.setdefault(smp.labels["hop"], []).append((float(smp.labels["le"]), float(smp.value)))
+    return {h: sorted(b) for h, b in out.items()}
+
+
+def window_quantile(prev: list[tuple[float, float]] | None, cur: list[tuple[float, float]], q: float):
+    """(quantile in us, samples) of the window ``cur - prev``, as PromQL's ``histogram_quantile`` reads it.
+
+    Linear interpolation inside the bucket holding the rank (from 0 in the first bucket); a rank in the
+    +Inf bucket gives the largest finite bound. ``(None, n)`` for an empty window or mismatched buckets
+    (a restarted endpoint: counters reset, the window is skipped rather than read negative).
+    """
+    base = dict(prev or ())
+    les = [le for le, _ in cur]
+    cum = [c - base.get(le, 0.0) for le, c in cur]
+    if not cum or any(b < a for a, b in zip(cum, cum[1:])) or cum[0] < 0:
+        return None, 0
+    n = cum[-1]
+    if n <= 0:
+        return None, 0
+    rank = q * n
+    lo_le, lo_c = 0.0, 0.0
+    for le, c in zip(les, cum):
+        if c >= rank:
+            if le == float("inf"):
+                return round(lo_le * 1e6, 3), int(n)
+            frac = (rank - lo_c) / (c - lo_c) if c > lo_c else 1.0
+            return round((lo_le + (le - lo_le) * frac) * 1e6, 3), int(n)
+        lo_le, lo_c = le, c
+    return None, int(n)
+
+
+def scrape(port: int, timeout: float = 2.0) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:  # noqa: S310 - loopback
+            return r.read().decode()
+    except (OSError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def latency_drift(samples: list[dict], warmup_s: float, min_samples: int = 200) -> dict:
+    """Per hop: p50/p99 (us) of the first and the last third after warm-up, each third's windows pooled.
+
+    Pooling (the cumulative histogram at the third's end minus at its start) weighs every sample once, so a
+    hop with a few samples per window (``ack_rtt``: one per order) is not read from medians of 2-sample
+    windows. ``checked`` is False for a hop with fewer than ``min_samples`` in either third: reported, not
+    judged.
+    """
+    post = [s for s in samples if s["t"] >= warmup_s and s.get("lat_cum")]
+    if len(post) < 4:
+        return {}
+    k = max(1, (len(post) - 1) // 3)
+    first = (post[0], post[k])
+    last = (post[-1 - k], post[-1])
+    out = {}
+    for hop in sorted(post[-1]["lat_cum"]):
+        row = {"windows": len(post) - 1}
+        for tag, (a, b) in (("first", first), ("last", last)):
+            prev, cur = a["lat_cum"].get(hop), b["lat_cum"].get(hop)
+            if cur is None:
+                break
+            p50, n = window_quantile(prev, cur, 0.5)
+            p99, _ = window_quantile(prev, cur, 0.99)
+            row[tag] = {"n": n, "p50_us": p50, "p99_us": p99}
+        else:
+            f, l_ = row["first"], row["last"]
+            row["checked"] = f["n"] >= min_samples and l_["n"] >= min_samples
+            for q in ("p50_us", "p99_us"):
+                row[q] = {"first": f[q], "last": l_[q],
+                          "ratio": round(l_[q] / f[q], 3) if f[q] and l_[q] is not None else None}
+            out[hop] = row
+    return out
+
 # ---------------------------------------------------------------------------
 # Analysis
 # ---------------------------------------------------------------------------
@@ -277,6 +393,71 @@ def table(rows: list[dict], shm: list[tuple[float, int]], warmup_s: float) -> st
     return "\n".join(lines)
 
 
+def drift_table(drift: dict) -> str:
+    lines = ["hop | samples first / last third | p50 first -> last us (x) | p99 first -> last us (x) | judged",
+             "--- | --- | --- | --- | ---"]
+    for hop, r in drift.items():
+        lines.append(f"{hop} | {r['first']['n']} / {r['last']['n']} | {r['p50_us']['first']} -> {r['p50_us']['last']} "
+                     f"({r['p50_us']['ratio']}) | {r['p99_us']['first']} -> {r['p99_us']['last']} "
+                     f"({r['p99_us']['ratio']}) | {'yes' if r['checked'] else 'no (< 200 samples)'}")
+    return "\n".join(lines)
+
+
+def check(rows: list[dict], drift: dict, args) -> list[str]:
+    """What fails ``--check``: RSS growth of a process sampled from warm-up to the end, latency drift per hop."""
+    bad = []
+    for r in rows:
+        if r["growth_pct"] is not None and r["samples_after_warmup"] >= 3 and r["growth_pct"] >= args.max_growth_pct:
+            bad.append(f"{r['process']} RSS +{r['growth_pct']} %")
+    for hop, r in drift.items():
+        for q in ("p50_us", "p99_us"):
+            x = r[q]["ratio"] if r["checked"] else None
+            if x is not None and x > args.max_drift:
+                bad.append(f"{hop} {q[:3]} x{x}")
+    return bad
+
+
+def draw(doc: dict, path: str) -> None:
+    """Two panels over minutes: RSS per process (MB), and per-window p50/p99 of the pipeline's hops (log us)."""
+    from matplotlib.figure import Figure
+
+    samples = doc.get("samples") or []
+    fig = Figure(figsize=(10, 7.5), dpi=100)
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        for key, p in s["procs"].items():
+            series.setdefault(key, []).append((s["t"] / 60, p["rss_kb"] / 1024))
+    for key, pts in sorted(series.items()):
+        if len(pts) >= 2:
+            ax1.plot([t for t, _ in pts], [v for _, v in pts], label=key, lw=1.2)
+    warm = (doc.get("ready_s") or 0) + (doc.get("warmup_s") or 0)
+    for ax in (ax1, ax2):
+        ax.axvline(warm / 60, color="grey", ls=":", lw=1)
+    ax1.set_ylabel("RSS (MB)")
+    ax1.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.04))
+    ax1.grid(alpha=0.3)
+    hops = ("md->book", "end_to_end", "tick_to_order")
+    colours = {"md->book": "tab:blue", "end_to_end": "tab:green", "tick_to_order": "tab:red"}
+    for hop in hops:
+        for q, ls in (("p50_us", "-"), ("p99_us", "--")):
+            pts = [(s["t"] / 60, s["latency"][hop][q]) for s in samples
+                   if (s.get("latency") or {}).get(hop, {}).get(q)]
+            if pts:
+                ax2.plot([t for t, _ in pts], [v for _, v in pts], ls, color=colours[hop], lw=1.1,
+                         label=f"{hop} {q[:3]}")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("latency per 10 s window (us)")
+    ax2.set_xlabel("minutes (dotted: end of warm-up)")
+    ax2.legend(fontsize=7, ncols=3)
+    ax2.grid(alpha=0.3, which="both")
+    load = doc.get("load_avg_at_end")
+    fig.suptitle(f"soak: {Path(str(doc.get('config', ''))).name}, {doc.get('minutes')} min, rate {doc.get('rate')}"
+                 + (f", load avg at end {load[0]:.2f}" if load else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -285,7 +466,7 @@ def table(rows: list[dict], shm: list[tuple[float, int]], warmup_s: float) -> st
 def build_env(args) -> dict:
     env = dict(os.environ)
     env["RINGTRADER__INSTANCE"] = args.instance
-    if args.metrics_port:
+    if args.metrics_port:  # main() picks a free one unless --no-latency
         env["RINGTRADER__METRICS__PORT"] = str(args.metrics_port)
         env["RINGTRADER__METRICS__ENABLED"] = "true"
     else:
@@ -328,7 +509,16 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic", action="store_true", help="feed from the synthetic source, no simulator")
     ap.add_argument("--sim-port", type=int, default=None, help="move the simulator (and the URLs using it) here")
     ap.add_argument("--instance", default=f"soak-{os.getpid()}")
-    ap.add_argument("--metrics-port", type=int, default=None, help="enable metrics on this port (default: off)")
+    ap.add_argument("--metrics-port", type=int, default=None,
+                    help="metrics endpoint on this port (default: a free one; scraped for the latency windows)")
+    ap.add_argument("--no-latency", action="store_true", help="metrics off: no latency windows")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 3 unless RSS growth < --max-growth-pct and latency drift < --max-drift")
+    ap.add_argument("--max-growth-pct", type=float, default=1.0, help="--check: RSS growth bound (default 1 %%)")
+    ap.add_argument("--max-drift", type=float, default=1.5,
+                    help="--check: bound on last/first third window p50 and p99 per hop (default 1.5)")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="draw RSS and window latency over time")
+    ap.add_argument("--plot-from", default=None, metavar="JSON", help="with --plot: redraw a saved --json result")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the run")
     ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                     help="write the rows and every sample as JSON to PATH (stdout without PATH)")
@@ -337,6 +527,17 @@ def main(argv=None) -> int:
                     help="exit 3 if any process's RSS slope after warm-up exceeds this many MB/min")
     ap.add_argument("--quiet", action="store_true", help="no per-sample progress lines on stderr")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        if not args.plot:
+            ap.error("--plot-from needs --plot PNG")
+        doc = json.loads(Path(args.plot_from).read_text())
+        draw(doc, args.plot)
+        print(f"soak: drew {args.plot} from {args.plot_from}")
+        return 0
+    if args.no_latency:
+        args.metrics_port = None
+    elif not args.metrics_port:
+        args.metrics_port = free_port()
 
     duration = args.minutes * 60
     env = build_env(args)
@@ -367,6 +568,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     samples: list[dict] = []
     shm_series: list[tuple[float, int]] = []
+    prev_buckets: dict = {}
     next_t = t0
     while sup.poll() is None:
         now = time.monotonic()
@@ -388,11 +590,24 @@ def main(argv=None) -> int:
                           "rss_file_kb": st.get("RssFile"), "rss_shmem_kb": st.get("RssShmem"),
                           "hwm_kb": st.get("VmHWM"), "threads": st.get("Threads"), "fds": fd_count(pid)}
         nseg, size, alloc = shm_bytes(args.instance)
-        samples.append({"t": t, "procs": procs, "shm_segments": nseg, "shm_bytes": size, "shm_alloc_bytes": alloc})
+        lat = {}
+        text = scrape(args.metrics_port) if args.metrics_port else None
+        if text is not None:
+            cur = parse_hop_buckets(text)
+            for hop, buckets in cur.items():
+                p50, n = window_quantile(prev_buckets.get(hop), buckets, 0.5)
+                p99, _ = window_quantile(prev_buckets.get(hop), buckets, 0.99)
+                if n:
+                    lat[hop] = {"n": n, "p50_us": p50, "p99_us": p99}
+            prev_buckets = cur
+        samples.append({"t": t, "procs": procs, "shm_segments": nseg, "shm_bytes": size, "shm_alloc_bytes": alloc,
+                        "latency": lat, "lat_cum": prev_buckets})
         shm_series.append((t, size))
         if not args.quiet:
             brief = " ".join(f"{k.split('#')[0]}={p['rss_kb'] / 1024:.1f}" for k, p in procs.items())
-            print(f"[soak t={t:7.1f}s] RSS MB: {brief} shm={size / 2**20:.1f}MB", file=sys.stderr, flush=True)
+            e2e = lat.get("end_to_end") or {}
+            lat_txt = f" e2e p50/p99 {e2e['p50_us']}/{e2e['p99_us']} us" if e2e else ""
+            print(f"[soak t={t:7.1f}s] RSS MB: {brief} shm={size / 2**20:.1f}MB{lat_txt}", file=sys.stderr, flush=True)
     rc = sup.wait()
     # warm-up counts from "all workers ready" when the log says so (a slow start is not growth)
     ready_s = round(tracker.ready_t - t0, 2) if tracker.ready_t is not None else 0.0
@@ -402,6 +617,11 @@ def main(argv=None) -> int:
           f"warm-up {args.warmup_s} s after ready at {ready_s} s, supervisor exit {rc}, {tracker.events} log events, "
           f"{len(tracker.warnings)} warnings")
     print(table(rows, shm_series, warm_from))
+    drift = latency_drift(samples, warm_from)
+    if drift:
+        print(drift_table(drift))
+    verdict = check(rows, drift, args)
+    print("soak check: " + ("ok" if not verdict else "FAILED: " + "; ".join(verdict)))
     if rc != 0:
         print("supervisor log tail:\n  " + "\n  ".join(tracker.tail[-15:]), file=sys.stderr)
     for w in tracker.warnings[:10]:
@@ -411,12 +631,20 @@ def main(argv=None) -> int:
     if args.json:
         doc = {"config": str(args.config), "instance": args.instance, "minutes": args.minutes,
                "sample_s": args.sample_s, "warmup_s": args.warmup_s, "ready_s": ready_s, "rate": args.rate, "synthetic": args.synthetic,
-               "supervisor_exit": rc, "rows": rows, "samples": samples, "warnings": tracker.warnings}
+               "supervisor_exit": rc, "rows": rows, "latency_drift": drift, "check": verdict,
+               "max_growth_pct": args.max_growth_pct, "max_drift": args.max_drift,
+               "load_avg_at_end": list(os.getloadavg()), "samples": samples, "warnings": tracker.warnings}
         text = json.dumps(doc, indent=1)
         if args.json == "-":
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
+    if args.plot:
+        draw(doc if args.json else {"config": str(args.config), "minutes": args.minutes, "rate": args.rate,
+                                    "ready_s": ready_s, "warmup_s": args.warmup_s, "rows": rows,
+                                    "samples": samples, "load_avg_at_end": list(os.getloadavg())}, args.plot)
+    if args.check and verdict:
+        return EXIT_SLOPE
     if args.max_slope is not None and worst is not None and worst > args.max_slope:
         print(f"soak: RSS slope {worst} MB/min exceeds --max-slope {args.max_slope}", file=sys.stderr)
         return EXIT_SLOPE
