@@ -277,6 +277,9 @@ class SupervisorConfig:
     # the operator's unix socket (scripts/ctl.sh; mode 0600), an absolute path; "" = the default,
     # $XDG_RUNTIME_DIR/ringtrader-<instance>.sock or else /tmp/ringtrader-<instance>.sock (processes.supervisor.control)
     control_socket: str = ""
+    # the live status table on stdout (processes.supervisor.statusview): "auto" = when stdout is a terminal, "on" =
+    # always (plain frames off a terminal), "off" = never; while it is drawn the JSON log goes to stderr or logging.file
+    status_table: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -798,6 +801,7 @@ def _supervisor(s: _Section) -> SupervisorConfig:
         stop_timeout_s=s.num("stop_timeout_s", d.stop_timeout_s, gt=0),
         spare_worker=s.bool("spare_worker", d.spare_worker),
         control_socket=s.str("control_socket", d.control_socket),
+        status_table=s.str("status_table", d.status_table, choices=("auto", "on", "off")),
     )
     if cfg.control_socket and not os.path.isabs(cfg.control_socket):
         raise ConfigError(s.p("control_socket"), f"must be an absolute path (or \"\" for the default), "

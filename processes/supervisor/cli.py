@@ -1,4 +1,9 @@
-"""``python -m processes.supervisor --config PATH [--duration S] [--summary-json PATH] [--log-file PATH]``."""
+"""``python -m processes.supervisor --config PATH [--duration S] [--summary-json PATH] [--log-file PATH]``
+``[--no-status]``.
+
+On a terminal the supervisor draws the live status table on stdout (``statusview.py``) and the JSON log goes to
+the log file when one is configured, else to stderr; off a terminal stdout carries the JSON log as always.
+"""
 
 from __future__ import annotations
 
@@ -74,6 +79,20 @@ def _validate_signal(cfg) -> None:
     validate(cfg)
 
 
+def _status_table(cfg, no_status: bool, stdout):
+    """The live status table when it is wanted on ``stdout`` (``supervisor.status_table``, ``--no-status``)."""
+    from processes.supervisor.statusview import StatusTable
+
+    try:
+        tty = stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        tty = False
+    mode = "off" if no_status else cfg.supervisor.status_table
+    if mode == "off" or (mode == "auto" and not tty):
+        return None
+    return StatusTable(stdout, tty=tty)
+
+
 def main(argv=None) -> int:
     numba_cache.configure()  # before anything imports numba (the workers inherit it)
     from core.config import load_config
@@ -89,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--summary-json", default=None, help="also write the exit summary as JSON here")
     ap.add_argument("--log-file", default=None, help="also append the JSON log stream here (overrides logging.file)")
     ap.add_argument("--quiet-summary", action="store_true", help="do not print the text summary")
+    ap.add_argument("--no-status", action="store_true",
+                    help="no live status table on a terminal: JSON log lines on stdout, as when stdout is not a "
+                         "terminal (supervisor.status_table: \"off\")")
     args = ap.parse_args(argv)
 
     sink = LogSink(stdout=True, path=args.log_file)
@@ -106,16 +128,28 @@ def main(argv=None) -> int:
         sys.stderr.write(f"config error: {exc}\n")
         return EXIT_CONFIG
     root.setLevel(cfg.logging.level)
-    if not cfg.logging.stdout or (cfg.logging.file and not args.log_file):
+    log_file = args.log_file or cfg.logging.file
+    table = _status_table(cfg, args.no_status, sys.stdout)
+    if table is not None:
+        # the table holds stdout: the JSON log goes to the log file when there is one, else to stderr
         sink.close()
-        sink = LogSink(stdout=cfg.logging.stdout, path=args.log_file or cfg.logging.file)
+        sink = LogSink(stdout=cfg.logging.stdout and not log_file, path=log_file, stream=sys.stderr)
+        root.handlers[:] = [SinkHandler(sink)]
+    elif not cfg.logging.stdout or (cfg.logging.file and not args.log_file):
+        sink.close()
+        sink = LogSink(stdout=cfg.logging.stdout, path=log_file)
         root.handlers[:] = [SinkHandler(sink)]
     log.info("starting", extra={"config": cfg.source_path, "instance": cfg.instance, "mode": cfg.mode,
                                 "pid": os.getpid(), "placement": {n: list(p.stages) for n, p in cfg.placement.items()
                                                                   if p.stages}})
     if generated:
         log.info("generated a simulator key pair for this run", extra={"variables": generated})
-    sup = Supervisor(cfg, sink)
+    if table is not None:
+        table.prepare()
+        log.info("live status table on stdout; the JSON log goes to %s",
+                 log_file or ("stderr" if cfg.logging.stdout else "nowhere (logging.stdout is false)"),
+                 extra={"status_table": "terminal" if table.tty else "frames", "log_file": log_file})
+    sup = Supervisor(cfg, sink, status=table)
     code = sup.run(args.duration)
     summary = sup.final
     log.info("summary", extra={"summary": summary})

@@ -17,8 +17,10 @@ risk counters show the new state: ``confirmed: true`` with the state, or
 ``confirmed: false`` with the last state seen (sent, but not confirmed in
 time; a risk process that restarts meanwhile comes back REDUCE_ONLY, not
 HALTED, whatever was sent: ``processes.risk``). ``status``: trading state, breaker trip, decisions (approved, denied
-by reason...), positions and P&L per symbol as decimal strings, and every
-process's state, pid and restarts. A malformed line, an unknown command, a
+by reason...), positions and P&L per symbol as decimal strings, every
+process's state, pid and restarts, and ``table``: the live status table's
+snapshot (``statusview.snapshot``; absent while starting or stopping), which
+the client prints with the same ``render`` the supervisor draws on a terminal. A malformed line, an unknown command, a
 peer of another uid (the socket is 0600 anyway), or a command while the
 system is still starting or already stopping, gets ``{"ok": false, "error":
 ...}``; nothing a client sends can take the server down. Every request is
@@ -615,6 +617,7 @@ class OperatorControl:
         self.pending: list[tuple[_Request, float, float, int]] = []
         self.opened = False
         self._dead_logged = False
+        self._table_prev: dict | None = None  # the last status's table snapshot (the next one's rates)
 
     def start(self) -> None:
         """Serve the socket (raises ``ControlError`` when it cannot)."""
@@ -769,7 +772,29 @@ class OperatorControl:
                 "uptime_s": round(time.monotonic() - sup.t_start, 1), "socket": self.path}
 
     def status(self) -> dict:
-        return {**self._header(), **self._risk(), "processes": self._processes()}
+        """The status reply: the keys above, and ``table``, the live status table's snapshot
+        (``statusview.snapshot``), which ``format_status`` renders."""
+        out = {**self._header(), **self._risk(), "processes": self._processes()}
+        table = self._table()
+        if table is not None:
+            out["table"] = table
+        return out
+
+    def _table(self) -> dict | None:
+        """The status table's snapshot; its rates are over the time since the table's last frame (when the
+        supervisor draws one) or since the previous ``status`` (at least 0.2 s ago), else since the go."""
+        from processes.supervisor.statusview import MIN_RATE_WINDOW_S, snapshot
+
+        live = getattr(self.sup, "status", None)
+        prev = live.prev if live is not None else self._table_prev
+        try:
+            snap = snapshot(self.sup, prev)
+        except Exception:  # noqa: BLE001 - a status answers without its table rather than not at all
+            log.exception("status: the table's snapshot failed (answered without it)")
+            return None
+        if live is None and (prev is None or snap["t"] - prev["t"] >= MIN_RATE_WINDOW_S):
+            self._table_prev = snap
+        return snap
 
     def _offline(self, req: _Request) -> dict:
         """The I/O thread's answer while the main loop is not serving (start-up, shutdown).
@@ -877,6 +902,12 @@ def client_paths(args, environ=None) -> list[str]:
 
 
 def format_status(s: dict) -> str:
+    """The status reply as text: the live status table (``statusview.render``) when the reply carries it;
+    otherwise (the system is starting or stopping, or an older supervisor) the keys of the reply."""
+    if isinstance(s.get("table"), dict):
+        from processes.supervisor.statusview import render
+
+        return render(s["table"])
     lines = [f"ringtrader instance {s.get('instance')} (mode {s.get('mode')}, supervisor pid {s.get('pid')}, "
              f"{s.get('phase')}, up {s.get('uptime_s')} s)"]
     trip = s.get("trip")

@@ -7,24 +7,38 @@ import logging
 import sys
 import time
 import traceback
+from collections import deque
 
 from processes.runtime import _STD_LOG_ATTRS, iso_now
 
+RECENT = 3  # the latest warnings and errors kept for the live status table's footer
+_LOUD = frozenset({"WARNING", "ERROR", "CRITICAL"})
+
 
 class LogSink:
-    """Writes JSON lines (supervisor's and processes' events) to stdout and/or a file."""
+    """Writes JSON lines (supervisor's and processes' events) to stdout and/or a file.
 
-    def __init__(self, stdout: bool = True, path: str | None = None):
+    ``stream``: where the ``stdout`` lines go instead of ``sys.stdout`` (``sys.stderr`` while the live status
+    table holds stdout: ``cli.py``). ``recent`` keeps the last ``RECENT`` warnings and errors as
+    ``(ts, proc, level, msg)`` for that table.
+    """
+
+    def __init__(self, stdout: bool = True, path: str | None = None, stream=None):
         self.stdout = stdout
+        self.stream = stream  # None: sys.stdout, looked up at each write
         self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives as long as the run
+        self.recent: deque[tuple] = deque(maxlen=RECENT)
 
     def write(self, event: dict) -> None:
         line = json.dumps(event, default=str, separators=(",", ":"))
         if self.stdout:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            out = self.stream if self.stream is not None else sys.stdout
+            out.write(line + "\n")
+            out.flush()
         if self.file is not None:
             self.file.write(line + "\n")
+        if event.get("level") in _LOUD:
+            self.recent.append((event.get("ts"), event.get("proc"), event.get("level"), str(event.get("msg", ""))))
 
     def close(self) -> None:
         if self.file is not None:

@@ -25,11 +25,12 @@ EXIT_CONFIG = 2
 
 
 class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
-    def __init__(self, cfg: SystemConfig, sink):
+    def __init__(self, cfg: SystemConfig, sink, status=None):
         from core.latency import LatencySet
 
         self.cfg = cfg
         self.sink = sink
+        self.status = status  # statusview.StatusTable when the live table is drawn (cli.py decides)
         self.ctx = mp.get_context("spawn")
         self.rings = {}
         names = stage_processes(cfg)
@@ -42,6 +43,8 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self.cold_start_ms = None
         self.cold_cache = False  # the numba cache was empty at start: every kernel was compiled
         self.started = False  # every process was ready and got the go
+        self.t_go = None  # monotonic s of the go (the status table's rates since start)
+        self.resync_seen: dict = {}  # book symbol id -> monotonic s of its last resync request (status table)
         self.flow_s = None  # seconds from the go to the start of shutdown
         self.final: dict = {}
         self._warned = set()
@@ -53,6 +56,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         self.metrics = None  # processes.metrics.MetricsServer while serving
         self.metrics_port = None  # the port it bound (config port 0 = any free one)
         self.metrics_view: dict = {}  # what the metrics collector reads: replaced whole, never mutated
+        self.view_at = 0.0  # monotonic s it was built (the status table reuses it while fresh)
         self._next_view = 0.0
         self.operator_state = None  # the operator's last halt / reduce-only (re-sent to a restarted risk process)
         self.control = None  # processes.supervisor.control.OperatorControl while the operator's socket is served
@@ -194,11 +198,23 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             self.metrics = None
 
     def refresh_view(self, force: bool = False) -> None:
+        """Rebuild the view every ``VIEW_PERIOD_S`` while the metrics endpoint or the status table reads it."""
         now = time.monotonic()
-        if not force and (self.metrics is None or now < self._next_view):
+        if not force and ((self.metrics is None and self.status is None) or now < self._next_view):
             return
         self._next_view = now + VIEW_PERIOD_S
         self.metrics_view = build_view(self)
+        self.view_at = now
+
+    def stop_status(self) -> None:
+        """Stop drawing the status table (the last frame stays on the terminal); log what it cost."""
+        if self.status is None:
+            return
+        st = self.status.close()
+        self.status = None
+        if st["frames"]:
+            log.info("status table: %d frames, snapshot + render p50 %s ms, max %s ms", st["frames"],
+                     st["cost_ms_p50"], st["cost_ms_max"], extra={"status_table": st})
 
     def summary(self) -> dict:
         return build_summary(self)
@@ -367,6 +383,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
             else:
                 self.started = True
                 now = time.monotonic()
+                self.t_go = now
                 for p in self.procs.values():
                     if p.stages:
                         self._go(p, now)
@@ -384,9 +401,12 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
                         break
                     self.control.service()
                     self.refresh_view()
+                    if self.status is not None:
+                        self.status.tick(self)  # returns at once unless a frame is due (at most 2/s)
                     self.sd.tick(self)  # WATCHDOG=1 only from a pass that completed
                     self._wait(TICK_S)
                 self.flow_s = round(time.monotonic() - t_ready, 3)
+                self.stop_status()  # the shutdown's log lines and the summary follow the last frame
                 if self.stop_signals:
                     log.info("stop requested by signal")
             self.control.set_stopping()
@@ -399,6 +419,7 @@ class Supervisor(SpareMixin, WatchMixin, ShutdownMixin):
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop_status()
             self.stop_control()
             self.sd.close()
             if self.alerter is not None:

@@ -62,6 +62,8 @@ class WatchMixin:
             if "latency" in m:
                 p.lat_wire = m["latency"]
         else:
+            if kind == "resync":  # the book asks the feed for a snapshot: the status table shows it resyncing
+                self.resync_seen[m.get("symbol")] = now
             target = event_route(self.cfg, kind)
             if target is not None:
                 dest = self.procs.get(target)

@@ -142,6 +142,7 @@ BAD = [
     ("book levels", _set("book", {"levels_capacity": 100}), "book.levels_capacity must be >= 5000, got 100"),
     ("book unknown key", _set("book", {"watermark": 5}), "book.watermark is not a known key"),
     ("spare flag", _set("supervisor.spare_worker", "yes"), "supervisor.spare_worker must be true or false, got string \"yes\""),
+    ("status table", _set("supervisor.status_table", "always"), "supervisor.status_table must be one of auto, on, off"),
     ("duplicate symbol", _set("instruments", [{"symbol": "BTCUSDT", "tick_size": "0.01", "lot_size": "0.00001",
                                                 "min_notional": "5"}] * 2), "duplicate"),
     ("no instruments", _set("instruments", []), "instruments"),

@@ -105,7 +105,8 @@ def wait_status(sock: Path, pred, timeout: float = 5.0) -> dict:
 
 
 def test_status_reports_an_active_system_its_positions_and_processes(system):
-    s = wait_status(system.sock, lambda s: s["state"] is not None)
+    s = wait_status(system.sock, lambda s: s["state"] is not None
+                    and "md->book" in (s.get("table") or {}).get("latency", {}))  # risk and latency reported
     assert s["ok"] and s["phase"] == "running" and s["instance"] == system.instance
     assert s["state"] == "ACTIVE" and s["trip"] is None
     assert set(s["positions"]) == {"BTCUSDT", "ETHUSDT"}
@@ -115,9 +116,21 @@ def test_status_reports_an_active_system_its_positions_and_processes(system):
     assert isinstance(s["approved"], int) and isinstance(s["denied"], int)
     assert {n: (p["state"], p["up"], p["restarts"]) for n, p in s["processes"].items()} == {
         "feed": ("running", True, 0), "engine": ("running", True, 0)}
-    r = ctl("status", "--socket", str(system.sock))  # the table
+    t = s["table"]  # the live status table's snapshot (processes/supervisor/statusview.py)
+    assert set(t["rings"]) == {"md", "book", "signals", "orders", "reports"}
+    assert set(t["books"]["symbols"]) == {"BTCUSDT", "ETHUSDT"} and t["trading"]["state"] == "ACTIVE"
+    assert t["rings"]["md"]["published"] > 0 and t["latency"]["md->book"]["count"] > 0
+    r = ctl("status", "--socket", str(system.sock))  # the same table the supervisor draws on a terminal
     assert r.returncode == 0, r.stderr
-    assert "trading:   ACTIVE" in r.stdout and "BTCUSDT" in r.stdout and "engine" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"ringtrader {system.instance}  mode sim  running")
+    assert lines[1].startswith("trading ACTIVE  breaker ok  restarts 0")
+    for first in ("md", "book", "signals", "orders", "reports", "BTCUSDT", "ETHUSDT", "md->book", "feed", "engine"):
+        assert any(line.split()[:1] == [first] for line in lines), f"no {first} row in:\n{r.stdout}"
+    assert max(map(len, lines)) <= 100
+    # off a terminal the supervisor draws no table: its stdout is the JSON log, line by line, as always
+    assert system.run.lines and all(line.startswith("{") for line in system.run.lines), system.run.lines[:5]
+    assert not any("status table" in ev.get("msg", "") for ev in system.run.events)
 
 
 def test_socket_is_a_0600_socket_of_the_supervisor_user(system):
