@@ -366,12 +366,22 @@ class RecordingWriter:
     session order (``files()``). ``rotate_bytes`` counts uncompressed bytes;
     ``rotate_seconds`` is measured on ``clock`` (monotonic seconds).
 
+    A disk that fails (full, an I/O error) never reaches the caller: the feed
+    calls ``write`` before it decodes a frame, and an exception there would
+    drop the frame from the market data too. The writer counts the error
+    (``errors``), abandons the file it was writing (cut short: readers keep
+    every whole line before the cut and count ``truncated_file``), drops
+    frames (``dropped``, ``write`` returns False) and tries a new file
+    ``retry_s`` later, until the disk takes it. Logged when it fails and
+    when a new file takes frames again (at most once per ``retry_s``).
+
     Not thread-safe: one writer per thread.
     """
 
     def __init__(self, directory: str | os.PathLike, prefix: str, rotate_bytes: int = 256 << 20,
                  rotate_seconds: float = 3600.0, *, compresslevel: int = 1,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 retry_s: float = 5.0):
         if not prefix or not re.fullmatch(r"[A-Za-z0-9_\-]+", prefix):
             raise ValueError(f"prefix must be [A-Za-z0-9_-]+, got {prefix!r}")
         if rotate_bytes <= 0 or rotate_seconds <= 0:
@@ -391,6 +401,11 @@ class RecordingWriter:
         self._bytes = 0
         self.written = 0  # frames written
         self.rejected = 0  # frames refused (CR/LF in payload)
+        self.errors = 0  # OSErrors from the disk (each abandons the current file)
+        self.dropped = 0  # frames not recorded because the disk failed
+        self.retry_s = retry_s
+        self._down_until: float | None = None  # the disk failed: no write before this (clock seconds)
+        self._outage = False  # between a disk error and the next frame written
         self.paths: list[Path] = []  # files this writer created, in order
 
     def _open_next(self) -> None:
@@ -438,24 +453,60 @@ class RecordingWriter:
                             kind, payload[:120])
             return False
         line = b"%d %s %s %s\n" % (int(recv_ns), kind.encode(), sym, payload)
-        if self._file is None:
-            self._open_next()
-        elif self._bytes + len(line) > self.rotate_bytes or self._clock() - self._opened_at >= self.rotate_seconds:
-            self._close_current()
-            self._open_next()
-        self._file.write(line)
+        if self._down_until is not None:
+            if self._clock() < self._down_until:
+                self.dropped += 1
+                return False
+            self._down_until = None
+        try:
+            if self._file is None:
+                self._open_next()
+            elif self._bytes + len(line) > self.rotate_bytes or self._clock() - self._opened_at >= self.rotate_seconds:
+                self._close_current()
+                self._open_next()
+            self._file.write(line)
+        except OSError as exc:  # a full or failing disk: recording stops for retry_s, the market data does not
+            self._disk_failed(exc)
+            return False
+        if self._outage:
+            self._outage = False
+            log.warning("recording: writing again to %s (%d frames dropped in all)", self._path, self.dropped)
         self._bytes += len(line)
         self.written += 1
         return True
 
+    def _disk_failed(self, exc: OSError) -> None:
+        self.errors += 1
+        self.dropped += 1
+        if not self._outage:  # once per outage
+            self._outage = True
+            log.error("recording: %s writing %s: frames are dropped (the market data is not); a new file is "
+                      "tried every %.0f s", exc, self._path, self.retry_s)
+        if self._file is not None:  # abandoned, cut short: no trailer (it would fail the same way)
+            gz, raw = self._file, self._raw
+            self._file = None
+            gz.fileobj = None  # so its close (or its finalizer) writes nothing more
+            try:
+                raw.close()  # the fd is closed even when the flush of its buffer fails
+            except OSError:
+                pass
+        self._bytes = 0
+        self._down_until = self._clock() + self.retry_s
+
     def flush(self) -> None:
         """Make everything written so far readable by a concurrent reader (gzip sync flush)."""
         if self._file is not None:
-            self._file.flush()
-            self._raw.flush()
+            try:
+                self._file.flush()
+                self._raw.flush()
+            except OSError as exc:
+                self._disk_failed(exc)
 
     def close(self) -> None:
-        self._close_current()
+        try:
+            self._close_current()
+        except OSError as exc:
+            self._disk_failed(exc)
 
     def files(self) -> list[Path]:
         """All ``<prefix>.*.gz`` files in the directory (this and earlier writers), in session order."""

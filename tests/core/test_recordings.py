@@ -317,6 +317,63 @@ def test_writer_rotates_by_time_and_never_clobbers(tmp_path):
     assert back[-1] == Frame(99, KIND_CONNECT, b"wss://127.0.0.1:9443/stream?streams=btcusdt@trade", None)
 
 
+class FillingDisk:
+    """``open`` for ``core.recordings`` whose files refuse every write with ENOSPC while ``full`` is set."""
+
+    def __init__(self):
+        self.full = False
+
+    def __call__(self, path, mode="r", *a, **k):
+        import builtins
+        import errno
+
+        if "r" in mode:
+            return builtins.open(path, mode, *a, **k)
+        f = builtins.open(path, mode, *a, buffering=0, **k)  # unbuffered: each gzip write reaches the disk
+        disk = self
+
+        class File:
+            def write(self, b):
+                if disk.full:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return f.write(b)
+
+            def __getattr__(self, name):
+                return getattr(f, name)
+
+        return File()
+
+
+def test_a_full_disk_drops_recorded_frames_never_raises_and_recording_resumes_in_a_new_file(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """The feed records a frame before it decodes it: an OSError out of ``write`` would drop the frame from the
+    market data as well (it did, with a traceback per frame, in scripts/chaos.py's disk_full scenario)."""
+    import core.recordings as recordings
+
+    disk = FillingDisk()
+    monkeypatch.setattr(recordings, "open", disk, raising=False)
+    clock = FakeClock()
+    w = RecordingWriter(tmp_path, "md", clock=clock, retry_s=5.0)
+    payload = b'{"stream":"btcusdt@trade","data":{"x":"%s"}}'
+    assert all(w.write(k, KIND_WS, payload % str(k).encode()) for k in range(3))
+    w.flush()
+    disk.full = True
+    results = [w.write(10 + k, KIND_WS, payload % b"x" * 50) for k in range(200)]  # no exception, ever
+    assert results.count(False) >= 1 and w.errors == 1  # one error: then dropped without touching the disk
+    assert w.dropped == results.count(False) and not any(results[results.index(False):])
+    clock.t += 5.0
+    disk.full = False
+    assert w.write(500, KIND_WS, payload % b"again")
+    w.close()
+    assert len(w.paths) == 2  # the failed file was abandoned, a new one took the frames after the outage
+    stats = ReaderStats()
+    back = [f.recv_ns for f in iter_session(w.paths, stats)]
+    assert back[:3] == [0, 1, 2] and back[-1] == 500  # whole lines before the cut survive, then the new file
+    logged = [(r.levelname, r.getMessage().split(" ")[1]) for r in caplog.records
+              if r.getMessage().startswith("recording: ")]
+    assert logged == [("ERROR", "[Errno"), ("WARNING", "writing")]  # one line as it failed, one as it resumed
+
+
 def test_own_format_ws_frame_written_without_symbol_reads_back_with_it(tmp_path):
     frame = b'{"stream":"ethusdt@trade","data":{"e":"trade","s":"ETHUSDT"}}'
     with RecordingWriter(tmp_path, "md") as w:
