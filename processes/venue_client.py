@@ -539,12 +539,18 @@ class ClockSync:
     """
 
     def __init__(self, fetch: Callable[[], Awaitable[int]] | None = None, *, samples: int = 5,
-                 refresh_s: float = 60.0, clock_ns: Callable[[], int] = time.time_ns):  # fmt: skip
+                 refresh_s: float = 60.0, clock_ns: Callable[[], int] = time.time_ns,
+                 fast_above_ms: float | None = None, fast_refresh_s: float = 2.0):  # fmt: skip
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.fetch = fetch
         self.samples = samples
         self.refresh_s = refresh_s
+        # While |offset| >= fast_above_ms the refresh comes every fast_refresh_s: an offset that large stops
+        # trading (risk's clock_offset check), and a venue clock that steps back must be seen in seconds,
+        # not at the next minute's refresh. None: always refresh_s.
+        self.fast_above_ms = fast_above_ms
+        self.fast_refresh_s = fast_refresh_s
         self._clock_ns = clock_ns
         self.offset_ms = 0.0  # venue - host, ms
         self.rtt_ms: float | None = None  # round trip of the sample kept
@@ -595,7 +601,7 @@ class ClockSync:
         return await asyncio.shield(task)
 
     def start(self) -> None:
-        """Refresh every ``refresh_s`` in the background (failures are logged and counted)."""
+        """Refresh every ``refresh_s`` (``next_refresh_s``) in the background (failures are logged and counted)."""
         if self._refresh_task is None or self._refresh_task.done():
             self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_loop())
 
@@ -609,9 +615,15 @@ class ClockSync:
                     pass
         self._refresh_task = self._sync_task = None
 
+    def next_refresh_s(self) -> float:
+        """Seconds to the next background refresh: ``refresh_s``, or ``fast_refresh_s`` while the offset is at
+        least ``fast_above_ms``."""
+        fast = self.fast_above_ms is not None and self.synced and abs(self.offset_ms) >= self.fast_above_ms
+        return min(self.fast_refresh_s, self.refresh_s) if fast else self.refresh_s
+
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
+            await asyncio.sleep(self.next_refresh_s())
             try:
                 await self.resync()
             except (RingtraderError, OSError) as exc:

@@ -29,7 +29,9 @@ Reconciliation (at start, after every reconnect, and when a restarted risk stage
 fills since the last trade id seen per symbol are read from the venue (myTrades carries no client id:
 the order id says whose a trade is); fills we never reported are reported, and every difference is
 logged and counted (``reconcile_*``). ``reconciled`` is 1 once the first one completed; each one ends
-with a ``reconciled`` event, routed to risk (it leaves REDUCE_ONLY after a restart).
+with a ``reconciled`` event, routed to risk (it leaves REDUCE_ONLY after a restart). One that fails (a
+429 or 5xx on a query, a lost connection) is tried again after a backoff (1 s doubling to 30 s) until one
+completes.
 
 Restart (``load_journal``, before ``start``): the journal's open orders of this epoch are tracked again
 and settled by the start reconciliation (one the journal saw only as an intent and the venue does not
@@ -107,6 +109,10 @@ def _assets(cfg) -> dict[str, tuple[str, str]]:
     return out
 
 
+RECONCILE_RETRY_FIRST_S = 1.0  # a failed reconciliation is tried again after this, doubling per failure
+RECONCILE_RETRY_MAX_S = 30.0
+
+
 class VenueExecutor:
     def __init__(self, config, *, note_sent=None, hists=None):
         from processes.journal import client_order_id_str
@@ -135,6 +141,8 @@ class VenueExecutor:
         self._error: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self.reconciled = False
+        self._reconcile_retry: asyncio.Task | None = None  # a failed reconciliation, tried again after a backoff
+        self._reconcile_backoff_s = RECONCILE_RETRY_FIRST_S
         self.last_error = ""
         self._lock = threading.Lock()
         self._up = False  # the session is up: submit() hands orders to the loop directly
@@ -296,6 +304,8 @@ class VenueExecutor:
                                   on_reconnect=self._on_reconnect, limiter=limiter,
                                   recv_window_ms=ex.recv_window_ms, order_timeout_s=ex.order_timeout_ms / 1000)
         limiter.clock_ms = self.client.clock.now_ms
+        if self.cfg.risk.max_clock_offset_ms > 0:  # an offset risk refuses to trade at is re-measured every 2 s
+            self.client.clock.fast_above_ms = self.cfg.risk.max_clock_offset_ms
         self.api = self.client
         self.client.on_sent = self._on_sent
         if ex.transport == "rest":  # orders and queries over REST; the user-data stream stays on the session
@@ -603,12 +613,37 @@ class VenueExecutor:
             if self.journal_path is not None and not self.stats.get("baseline_checked"):
                 await self._baseline()
             self.reconciled = True
+            self._reconcile_backoff_s = RECONCILE_RETRY_FIRST_S
             self.stats[f"reconciles_{why}"] += 1
             self.events.append(("reconciled", {"reason": why}))
-        except Exception as exc:  # noqa: BLE001 - reported; trading goes on, the next reconnect tries again
+        except Exception as exc:  # noqa: BLE001 - reported; trading goes on, tried again after a backoff
             self.stats["reconcile_errors"] += 1
             self.last_error = repr(exc)
-            log.error("reconciliation (%s) failed: %s", why, exc)
+            delay = self._reconcile_backoff_s
+            log.error("reconciliation (%s) failed: %s; trying again in %.1f s", why, exc, delay)
+            self._retry_reconcile(delay)
+
+    def _retry_reconcile(self, delay: float) -> None:
+        """A reconciliation that failed (a 429 or a 5xx on one of its queries, a connection lost) is tried again
+        after ``delay``, doubling up to ``RECONCILE_RETRY_MAX_S``, until one completes: without it, one
+        transient error at the start left the run unreconciled (no balance baseline, so no position check at
+        shutdown; a restarted risk stage waiting for ``reconciled`` stayed REDUCE_ONLY) until a reconnect
+        that might never come. One retry is pending at a time; a reconnect's reconciliation meanwhile is
+        not held back."""
+        if self._reconcile_retry is not None and not self._reconcile_retry.done():
+            return
+        self._reconcile_backoff_s = min(delay * 2, RECONCILE_RETRY_MAX_S)
+
+        async def later() -> None:
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return  # stopping
+            except asyncio.TimeoutError:
+                pass
+            self._reconcile_retry = None
+            await self._reconcile("retry")
+
+        self._reconcile_retry = asyncio.get_running_loop().create_task(later())
 
     async def _balances(self) -> dict[str, int]:
         """asset -> free + locked (fixed point) of the assets of our instruments, from the venue."""

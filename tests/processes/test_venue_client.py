@@ -291,6 +291,33 @@ def test_clock_resync_shares_one_sync_between_concurrent_callers():
     assert calls[0] == 2 and clock.syncs == 1
 
 
+def test_an_offset_risk_refuses_to_trade_at_is_measured_again_in_seconds_not_at_the_minutes_refresh():
+    """A venue clock that stepped 10 s ahead and then back: while the measured offset is at least
+    ``fast_above_ms`` the background refresh comes every ``fast_refresh_s``, so the step back is seen within
+    seconds (risk refuses to trade until it is); a normal offset keeps the minute's refresh."""
+    venue_ahead_ms = [10_000]
+
+    async def fetch() -> int:
+        return time.time_ns() // 1_000_000 + venue_ahead_ms[0]
+
+    clock = ClockSync(fetch, samples=1, refresh_s=60.0, fast_above_ms=1000, fast_refresh_s=0.05)
+    assert clock.next_refresh_s() == 60.0  # never synced: nothing known to be wrong
+
+    async def body():
+        await clock.sync()
+        assert clock.next_refresh_s() == 0.05
+        clock.start()
+        venue_ahead_ms[0] = 0  # the venue's clock steps back
+        deadline = time.monotonic() + 5
+        while abs(clock.offset_ms) >= 1000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await clock.stop()
+
+    arun(body())
+    assert abs(clock.offset_ms) < 1000 and clock.next_refresh_s() == 60.0
+    assert ClockSync(fetch).next_refresh_s() == 60.0  # without fast_above_ms: the plain refresh
+
+
 def test_unknown_outcome_is_not_a_venue_error():
     assert issubclass(UnknownOutcomeError, VenueTransportError) and issubclass(VenueTransportError, RingtraderError)
     assert not issubclass(UnknownOutcomeError, VenueError), "'except VenueError' must never swallow an unknown outcome"
