@@ -378,7 +378,7 @@ def _risk_metrics(rk: dict, pnl_method: str):
     yield from fams.values()
 
 
-def _order_counts(ex: dict) -> dict | None:
+def order_counts(ex: dict) -> dict | None:
     """Orders, fills, rejects, cancels, unknown outcomes from the execution stage's counters: ``venue_*``
     (sim/live, ``VenueExecutor``; ``None`` for what it does not report) or ``paper_*`` (paper); ``None`` for the
     pass-through execution (no venue, so no orders leave the process)."""
@@ -394,7 +394,7 @@ def _order_counts(ex: dict) -> dict | None:
 
 
 def _execution_metrics(ex: dict, feed: dict, legacy_names: bool):
-    n = _order_counts(ex)
+    n = order_counts(ex)
     if n is not None:
         for key, name, doc in (("sent", "orders_sent", "Orders sent to the venue (sim/live: send attempts, a retry "
                                                        "counts again) or to the paper venue"),

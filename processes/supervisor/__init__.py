@@ -13,6 +13,10 @@ Where things are (a newcomer's map):
 ``summary.py``      the exit summary (text, JSON) and the metrics view
 ``state.py``        ``Proc`` / ``Spare`` bookkeeping, counter folding across restarts
 ``logsink.py``      the merged JSON log stream
+``statusview.py``   the live status table (a terminal, ``ctl.sh status``)
+``control.py``      the operator's unix socket (halt, resume, reduce-only, flatten, status)
+``sdnotify.py``     systemd's notify protocol (READY, WATCHDOG, STATUS, STOPPING)
+``alerts.py``       alert webhooks, from a thread that never blocks trading
 ==================  ============================================================
 
 Lifecycle

@@ -202,9 +202,9 @@ def _trading(rk: dict) -> dict:
 
 
 def _orders(ex: dict, rk: dict) -> dict:
-    from processes.metrics import _order_counts  # the metrics' own reading of paper_* / venue_* counters
+    from processes.metrics import order_counts  # the metrics' own reading of paper_* / venue_* counters
 
-    n = _order_counts(ex)
+    n = order_counts(ex)
     if n is None:  # pass-through execution: no venue, so nothing is sent; risk's fills are the pass-through's
         return {"venue": False, "sent": None, "fills": rk.get("fills"), "rejects": rk.get("rejects"),
                 "cancels": None, "unknown": None}
