@@ -78,7 +78,8 @@ def test_drift_pools_each_third_and_judges_only_hops_with_enough_samples():
 
 def test_check_fails_on_rss_growth_of_one_percent():
     args = SimpleNamespace(max_growth_pct=1.0, max_drift=1.5)
-    rows = [{"process": "engine#1", "growth_pct": 0.4, "samples_after_warmup": 300},
-            {"process": "feed#2", "growth_pct": 1.2, "samples_after_warmup": 300},
-            {"process": "spare#3", "growth_pct": 9.0, "samples_after_warmup": 2}]  # too few samples to judge
-    assert soak.check(rows, {}, args) == ["feed#2 RSS +1.2 %"]
+    rows = [{"process": "engine#1", "name": "engine", "growth_pct": 0.4, "samples_after_warmup": 300},
+            {"process": "feed#2", "name": "feed", "growth_pct": 1.2, "samples_after_warmup": 300},
+            {"process": "spare#3", "name": "spare1", "growth_pct": 9.0, "samples_after_warmup": 2},  # too few
+            {"process": "simulator#4", "name": "simulator", "growth_pct": 3.0, "samples_after_warmup": 300}]
+    assert soak.check(rows, {}, args) == ["feed#2 RSS +1.2 %"]  # the test exchange is reported, not judged
