@@ -551,6 +551,7 @@ class ClockSync:
         # not at the next minute's refresh. None: always refresh_s.
         self.fast_above_ms = fast_above_ms
         self.fast_refresh_s = fast_refresh_s
+        self._synced_at = time.monotonic()  # of the last sync (CLOCK_MONOTONIC s): the refresh counts from it
         self._clock_ns = clock_ns
         self.offset_ms = 0.0  # venue - host, ms
         self.rtt_ms: float | None = None  # round trip of the sample kept
@@ -588,6 +589,7 @@ class ClockSync:
             assert last_exc is not None
             raise last_exc
         self.rtt_ms, self.offset_ms = best
+        self._synced_at = time.monotonic()
         self.synced = True
         self.syncs += 1
         log.debug("venue clock: offset %+.1f ms (rtt %.2f ms)", self.offset_ms, self.rtt_ms)
@@ -616,14 +618,21 @@ class ClockSync:
         self._refresh_task = self._sync_task = None
 
     def next_refresh_s(self) -> float:
-        """Seconds to the next background refresh: ``refresh_s``, or ``fast_refresh_s`` while the offset is at
-        least ``fast_above_ms``."""
+        """Seconds between background refreshes now: ``refresh_s``, or ``fast_refresh_s`` while the offset is
+        at least ``fast_above_ms``."""
         fast = self.fast_above_ms is not None and self.synced and abs(self.offset_ms) >= self.fast_above_ms
         return min(self.fast_refresh_s, self.refresh_s) if fast else self.refresh_s
 
     async def _refresh_loop(self) -> None:
+        """Refresh ``next_refresh_s()`` after the last sync, whoever made it. The period is read again after
+        every nap (at most ``fast_refresh_s`` long when fast refreshes are on): a -1021 resync that finds a
+        large offset in the middle of a minute's wait shortens the wait at once."""
         while True:
-            await asyncio.sleep(self.next_refresh_s())
+            wait = self._synced_at + self.next_refresh_s() - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, self.fast_refresh_s) if self.fast_above_ms is not None else wait)
+                continue
+            self._synced_at = time.monotonic()  # a failed refresh waits a whole period too
             try:
                 await self.resync()
             except (RingtraderError, OSError) as exc:

@@ -295,7 +295,7 @@ def test_an_offset_risk_refuses_to_trade_at_is_measured_again_in_seconds_not_at_
     """A venue clock that stepped 10 s ahead and then back: while the measured offset is at least
     ``fast_above_ms`` the background refresh comes every ``fast_refresh_s``, so the step back is seen within
     seconds (risk refuses to trade until it is); a normal offset keeps the minute's refresh."""
-    venue_ahead_ms = [10_000]
+    venue_ahead_ms = [0]
 
     async def fetch() -> int:
         return time.time_ns() // 1_000_000 + venue_ahead_ms[0]
@@ -305,9 +305,12 @@ def test_an_offset_risk_refuses_to_trade_at_is_measured_again_in_seconds_not_at_
 
     async def body():
         await clock.sync()
-        assert clock.next_refresh_s() == 0.05
-        clock.start()
-        venue_ahead_ms[0] = 0  # the venue's clock steps back
+        clock.start()  # in the middle of the minute's wait...
+        await asyncio.sleep(0.1)
+        venue_ahead_ms[0] = 10_000  # ...the venue's clock steps ahead: an order's -1021 resyncs the clock
+        await clock.resync()
+        assert clock.offset_ms > 9000 and clock.next_refresh_s() == 0.05
+        venue_ahead_ms[0] = 0  # the venue's clock steps back: the running refresh loop must see it soon
         deadline = time.monotonic() + 5
         while abs(clock.offset_ms) >= 1000 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
