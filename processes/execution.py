@@ -520,6 +520,9 @@ def warm(config) -> None:
     for end in ins:
         scratch_publish(end, 1)
     execution_step(new_state(4), ins, scratch_ring(EXEC_REPORT), 4)
+    from processes.journal import warm_positions
+
+    warm_positions()  # the position check at shutdown
     if config is not None and has_venue(config):
         ins = tuple(scratch_ring(dt, consumer=True) for dt in (ORDER_REQUEST, BOOK_EVENT))
         for end in ins:

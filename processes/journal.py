@@ -1290,8 +1290,19 @@ class JournalWriter:
 
 __all__ = [
     "ACTION_NAMES", "SCHEMA_VERSION", "IdReserver", "Journal", "JournalError", "JournalWriter",
-    "client_order_id_str", "decode_raw", "journal_path", "parse_client_order_id", "slippage_bps",
+    "client_order_id_str", "decode_raw", "journal_path", "parse_client_order_id", "slippage_bps", "warm_positions",
 ]
+
+
+def warm_positions() -> None:
+    """``core.pnl.pnl_apply`` as Python calls it with journaled fills (plain ints): ``Journal.positions`` (the
+    execution stage's position check at shutdown) and a restarted risk stage's rebuild. Called by those
+    stages' ``warm``: unwarmed, the first such call after an install compiled it inside the worker (~4 s of a
+    shutdown, or of a restart's recovery, and a compile outside the one process meant to compile:
+    core.numba_cache)."""
+    from core.pnl import COMM_QUOTE, PnlBook
+
+    PnlBook(1, lot_capacity=2, n_fee_assets=1).apply_fill(0, SIDE_BUY, FIXED_SCALE, 1, 0, COMM_QUOTE)
 
 
 def journal_path(config) -> Path:

@@ -600,3 +600,6 @@ def warm(config) -> None:
     risk_step(new_state(config, 4), ins, scratch_ring(ORDER_REQUEST, capacity=8), 4, 0)
     st = new_state(config, 4)
     position(st.risk, 0)
+    from processes.journal import warm_positions
+
+    warm_positions()  # a restarted risk stage rebuilds its positions from the journal's fills

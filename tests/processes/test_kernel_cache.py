@@ -60,3 +60,21 @@ def test_a_second_start_loads_every_kernel_from_the_cache(tmp_path):
     for kernel in ("processes.signal.signal_step", "processes.risk.risk_step", "processes.execution.execution_step",
                    "core.book_worker_kernels.process_md_batch", "core.decode_kernels.nb_decode_publish"):
         assert kernel in loaded, (kernel, sorted(loaded))
+
+
+def test_the_warm_up_covers_the_pnl_kernel_as_the_journal_and_a_restarted_risk_call_it_from_python():
+    """``Journal.positions`` (execution's position check at shutdown) and a restarted risk stage's rebuild call
+    ``core.pnl.pnl_apply`` from Python with plain ints: the stages' warm-up must compile that signature, or the
+    first shutdown (or restart) after an install compiles it in the worker (~4 s, seen by scripts/chaos.py)."""
+    from core.config import load_config
+    from core.pnl import COMM_QUOTE, PnlBook, alloc_pnl_state, pnl_apply
+    from core.records import SIDE_SELL
+    from processes import execution, risk
+
+    cfg = load_config(ROOT / "config" / "system.json", env={}, host_cpus=None)
+    for stage in (execution, risk):
+        stage.warm(cfg)
+        warmed = set(pnl_apply.signatures)
+        PnlBook(2, lot_capacity=4, n_fee_assets=1).apply_fill(1, SIDE_SELL, 3 * 10**12, 10**5, 42, COMM_QUOTE)
+        pnl_apply(alloc_pnl_state(2, 4, 1), 1, SIDE_SELL, 3 * 10**12, 10**5, 42, COMM_QUOTE, 0)  # risk's rebuild
+        assert set(pnl_apply.signatures) == warmed, f"{stage.__name__}.warm left a signature to compile"
