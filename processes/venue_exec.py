@@ -110,6 +110,37 @@ def _assets(cfg) -> dict[str, tuple[str, str]]:
 
 
 RECONCILE_RETRY_FIRST_S = 1.0  # a failed reconciliation is tried again after this, doubling per failure
+#: what the executor remembers to recognise a duplicate event or a trade already reported: the newest keys only,
+#: so a run of weeks does not grow with every order. Duplicates come within seconds and reconciliation asks for
+#: trades after the last one reported, so 32k keys (a few thousand orders) is far more than either needs.
+SEEN_CAP = 1 << 15
+#: venue order id -> the order, for myTrades (which carries no client id): the newest finished orders and every
+#: open one (an open order is never forgotten, however old)
+KNOWN_CAP = 4096
+KNOWN_FIELDS = ("client_order_id", "symbol", "side", "qty", "ref_px", "recv_ns", "pub_ns")
+
+
+class RecentSet:
+    """A set that forgets its oldest keys beyond ``cap`` (insertion order; a dict keeps it)."""
+
+    __slots__ = ("cap", "_d")
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._d: dict = {}
+
+    def add(self, key) -> None:
+        if key in self._d:
+            return
+        self._d[key] = None
+        if len(self._d) > self.cap:
+            del self._d[next(iter(self._d))]
+
+    def __contains__(self, key) -> bool:
+        return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
 RECONCILE_RETRY_MAX_S = 30.0
 
 
@@ -127,7 +158,7 @@ class VenueExecutor:
         self.reports: collections.deque = collections.deque()  # dicts of EXEC_REPORT fields, for the stage
         self.events: collections.deque = collections.deque()  # (type, fields) for ctx.event
         self.orders: dict[int, dict] = {}  # cid -> what we know (symbol, side, trace, state)
-        self.seen: set = set()  # execution ids (and trade ids) already reported
+        self.seen = RecentSet(SEEN_CAP)  # execution ids (and trade ids) already reported, the newest
         self.last_trade: dict[str, int] = {}  # symbol -> last trade id reported
         self.stats: collections.Counter = collections.Counter()
         for k in ("sent", "acked", "fills", "rejects", "canceled", "unknown_outcomes", "adopted", "retries_429", "halts"):
@@ -147,7 +178,7 @@ class VenueExecutor:
         self._lock = threading.Lock()
         self._up = False  # the session is up: submit() hands orders to the loop directly
         self._pending: collections.deque = collections.deque()
-        self.known: dict[int, dict] = {}  # venue order id -> the order (from the journal or acks): for myTrades
+        self.known: dict[int, dict] = {}  # venue order id -> the order's key fields, for myTrades (_remember)
         self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
         self.position_check: dict = {}
         self._placing: dict[int, dict] = {}  # cid -> the order's dict while _place_once runs
@@ -196,14 +227,14 @@ class VenueExecutor:
                    "acked_at": now, "restored": o["state"]}
             self.orders[rec["client_order_id"]] = rec
             if o["order_id"] is not None and o["order_id"] >= 0:
-                self.known[int(o["order_id"])] = rec
+                self._remember(int(o["order_id"]), rec)
             n += 1
         for f in journal.fills(epoch=True):
             self.seen.add(("trade", f["symbol"], int(f["trade_id"])))
         for oid, o in journal.order_ids().items():
             if oid not in self.known and o["symbol"] in self.sym_id and o["qty"] is not None:
-                self.known[oid] = {"client_order_id": o["cid"], "symbol": self.sym_id[o["symbol"]],
-                                   "side": sides.get(o["side"], 0), "qty": int(o["qty"]), "ref_px": 0}
+                self._remember(oid, {"client_order_id": o["cid"], "symbol": self.sym_id[o["symbol"]],
+                                     "side": sides.get(o["side"], 0), "qty": int(o["qty"]), "ref_px": 0})
         for sym in self.symbols:
             t = journal.last_trade_id(sym)
             if t is not None:
@@ -528,7 +559,7 @@ class VenueExecutor:
     async def _adopt(self, rec: dict, order: dict) -> None:
         """An order the venue has although we never saw its answer: report what the events may have missed."""
         symbol = order["symbol"]
-        self.known[int(order["orderId"])] = rec
+        self._remember(int(order["orderId"]), rec)
         trades = await self._read(self.api.my_trades, symbol, orderId=int(order["orderId"]))
         for t in trades:
             self._trade_from_rest(rec, order, t)
@@ -545,6 +576,21 @@ class VenueExecutor:
             o = self.orders.get(rec["client_order_id"])
             if o is not None:
                 o["acked_at"] = time.monotonic()  # open at the venue: events (or the sweeper) follow
+
+    def _remember(self, order_id: int, rec: dict) -> None:
+        """``known[order_id]``: the fields a trade report needs (not the whole record), within ``KNOWN_CAP``.
+
+        Beyond the cap the oldest finished orders are forgotten, a batch at a time; open ones stay.
+        """
+        if order_id in self.known:
+            return
+        self.known[order_id] = {k: rec.get(k, 0) for k in KNOWN_FIELDS}
+        if len(self.known) > KNOWN_CAP + KNOWN_CAP // 8:
+            for oid in list(self.known):
+                if len(self.known) <= KNOWN_CAP:
+                    break
+                if self.known[oid]["client_order_id"] not in self.orders:
+                    del self.known[oid]
 
     def _trade_from_rest(self, rec: dict, order: dict, t: dict) -> None:
         key = ("trade", t["symbol"], int(t["id"]))
@@ -608,6 +654,7 @@ class VenueExecutor:
                         rec = self.known.get(int(t["orderId"]))
                         if rec is None or ("trade", symbol, int(t["id"])) in self.seen:
                             continue  # not ours (the account's other trades), or reported already
+                        rec = self.orders.get(rec["client_order_id"], rec)  # an open order: its live record
                         self.stats["reconcile_missed_fills"] += 1
                         self._trade_from_rest(rec, {"orderId": t["orderId"]}, t)
             if self.journal_path is not None and not self.stats.get("baseline_checked"):
@@ -713,7 +760,7 @@ class VenueExecutor:
         if rec is None:
             self.stats["foreign_events"] += 1
             return
-        self.known.setdefault(int(ev["i"]), rec)
+        self._remember(int(ev["i"]), rec)
         st = STATUSES.get(ev["X"], OS_NEW)
         base, quote = self.assets[ev["s"]]
         fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=to_fixed(ev["z"]),

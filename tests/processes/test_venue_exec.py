@@ -279,3 +279,26 @@ def test_every_order_type_reaches_its_final_state_through_the_executor(transport
         if ex is not None:
             ex.close()
         sim.close()
+
+
+def test_what_the_executor_remembers_per_order_is_bounded_and_open_orders_are_never_forgotten():
+    """A run of weeks: the dedupe keys and the order-id map keep the newest only; an open order stays known."""
+    from processes import venue_exec
+    from processes.venue_exec import KNOWN_CAP, SEEN_CAP, RecentSet
+
+    seen = RecentSet(4)
+    for k in range(10):
+        seen.add(("trade", "BTCUSDT", k))
+        seen.add(("trade", "BTCUSDT", k))  # a duplicate adds nothing
+    assert len(seen) == 4 and ("trade", "BTCUSDT", 9) in seen and ("trade", "BTCUSDT", 5) not in seen
+    assert SEEN_CAP >= 8 * KNOWN_CAP  # a few keys per order: dedupe covers every remembered order
+
+    ex = VenueExecutor(system_config("ws://127.0.0.1:9/ws-api/v3", "bounded"))
+    ex.orders[7] = {"client_order_id": 7, "symbol": 0, "side": 1, "qty": 5, "state": 0}  # still open
+    ex._remember(1_000, ex.orders[7])  # the oldest entry, but open
+    for oid in range(1, 3 * KNOWN_CAP):
+        ex._remember(10_000 + oid, {"client_order_id": 100 + oid, "symbol": 0, "side": 1, "qty": 1})
+        assert len(ex.known) <= KNOWN_CAP + KNOWN_CAP // 8 + 1
+    assert ex.known[1_000]["client_order_id"] == 7  # open: kept however old
+    assert 10_000 + 3 * KNOWN_CAP - 1 in ex.known and 10_001 not in ex.known  # newest kept, oldest finished gone
+    assert set(ex.known[1_000]) == set(venue_exec.KNOWN_FIELDS)  # a few fields, not the whole record
