@@ -1123,6 +1123,10 @@ class IdReserver:
 # ---------------------------------------------------------------------------
 # The ring consumer
 # ---------------------------------------------------------------------------
+ERROR_LOG_EVERY_S = 5.0  # a failing journal disk is logged at most this often (each step retries the write)
+_clock = time.monotonic  # of that period (tests replace it)
+
+
 class JournalWriter:
     """An ordinary consumer of the ``orders`` and ``reports`` rings that journals what passes.
 
@@ -1137,7 +1141,9 @@ class JournalWriter:
     or ``sqlite3.OperationalError``) the batch is kept and retried on the
     next step, up to ``backlog_max`` records, then the oldest are dropped and
     counted (``dropped``): a broken disk never stalls trading; it is an alert
-    (``write_errors``), and reconciliation against the venue fills the hole.
+    (``write_errors``; logged once per ``ERROR_LOG_EVERY_S`` while it lasts,
+    not per attempt, and once when writes succeed again), and reconciliation
+    against the venue fills the hole.
     Any other failure cannot succeed on a retry (a bug): that batch is
     dropped, counted and logged with its traceback, and journaling goes on.
 
@@ -1168,6 +1174,8 @@ class JournalWriter:
         self._pending_n = 0
         self._tokens = (getattr(orders, "token", ""), getattr(reports, "token", ""))
         self.stats = collections.Counter()  # batches, orders, reports, sent, lost, write_errors, dropped
+        self._failing_since = 0  # write_errors when the current run of failures began (0: writes succeed)
+        self._next_error_log = 0.0  # CLOCK_MONOTONIC s: a failing disk is logged once per ERROR_LOG_EVERY_S
 
     @classmethod
     def attach(cls, journal: Journal, ring_instance: str, *, orders_consumer: int, reports_consumer: int,
@@ -1238,7 +1246,13 @@ class JournalWriter:
             self.journal.record_batch(orders, sent, reports, lost, marks)
         except (JournalError, sqlite3.OperationalError) as exc:  # disk full, I/O error, locked: retry later
             self.stats["write_errors"] += 1
-            log.error("journal write failed (%d records kept for a retry): %s", self._pending_n + new, exc)
+            if not self._failing_since:
+                self._failing_since = self.stats["write_errors"]
+            now = _clock()
+            if now >= self._next_error_log:  # retried every step: logged once per period, not per attempt
+                self._next_error_log = now + ERROR_LOG_EVERY_S
+                log.error("journal write failed (%d records kept for a retry; %d failed attempts so far): %s",
+                          self._pending_n + new, self.stats["write_errors"] - self._failing_since + 1, exc)
             return False
         except Exception:  # a batch that can never be written (a bug): drop it, never stop journaling
             self.stats["write_errors"] += 1
@@ -1246,6 +1260,11 @@ class JournalWriter:
             log.exception("journal write failed for good: %d records dropped", k)
             return None
         self.stats["batches"] += 1
+        if self._failing_since:
+            log.warning("journal writes again after %d failed attempts", self.stats["write_errors"]
+                        - self._failing_since + 1)
+            self._failing_since = 0
+            self._next_error_log = 0.0
         return True
 
     def _flush(self) -> None:

@@ -648,6 +648,50 @@ def test_a_failing_disk_never_holds_the_rings_and_the_batch_is_retried(tmp_path,
         rings.close()
 
 
+def test_a_failing_disk_is_logged_once_per_period_not_once_per_retry(tmp_path, instance, monkeypatch, caplog):
+    """Every step retries the failed batch (the writer steps every few ms): a full disk logged each attempt
+    (scripts/chaos.py disk_full: ~150 error lines a second). Now: one line per ERROR_LOG_EVERY_S with the
+    number of attempts, and one when writes succeed again."""
+    import logging
+
+    from processes import journal as jmod
+
+    rings = Rings(instance, capacity=64)
+    j = Journal(tmp_path / "g.db", instance=INST, symbols=SYMBOLS)
+    w = JournalWriter.attach(j, instance, orders_consumer=1, reports_consumer=1, batch=8)
+    real = j.record_batch
+    disk = {"full": True}
+
+    def full(*a, **k):
+        if disk["full"]:
+            raise JournalError("database or disk is full (simulated)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(j, "record_batch", full)
+    now = [1000.0]
+    monkeypatch.setattr(jmod, "_clock", lambda: now[0])
+    try:
+        with caplog.at_level(logging.WARNING, logger=jmod.log.name):
+            rings.orders.publish_batch(orders(order(1, pub_ns=1)))
+            for _ in range(200):  # 200 retries within one period
+                w.step()
+                now[0] += 0.001
+            now[0] += jmod.ERROR_LOG_EVERY_S
+            w.step()  # the next period: one more line
+            disk["full"] = False
+            w.step()
+        msgs = [r.getMessage() for r in caplog.records if r.name == jmod.log.name]
+        assert len(msgs) == 3, msgs
+        assert msgs[0].startswith("journal write failed") and "1 failed attempts" in msgs[0]
+        assert "202 failed attempts" in msgs[1] or "201 failed attempts" in msgs[1]
+        assert msgs[2].startswith("journal writes again")
+        assert w.counters()["backlog"] == 0 and [r[0] for r in j.query("SELECT cid FROM orders")] == [1]
+    finally:
+        w.close()
+        j.close()
+        rings.close()
+
+
 def test_a_batch_that_can_never_be_written_is_dropped_and_counted_and_journaling_goes_on(tmp_path, instance,
                                                                                       monkeypatch):
     rings = Rings(instance, capacity=16)
