@@ -35,6 +35,16 @@ no trade after the symbol's first trade yields a bar with open = high = low =
 close = previous close, zero volumes, ``trades = 0``, first/last trade id -1
 and VWAP NaN, when ``emit_empty`` is set; otherwise it is skipped silently.
 Before a symbol's first trade no bar exists.
+
+Time jumps: the work of closing bars is bounded by the bar count, never by how
+far time moved. When the time advances past more than ``max_empty`` empty
+intervals at once (a trade or timer after a clock jump, a replay that skips a
+day, a bad timestamp that got this far), none of those flat bars is emitted:
+the bars resynchronise to the interval that contains the new time, and
+``bar_advance`` reports the jump so the caller counts it (``bar_gaps_capped``).
+A quiet market closed by the timer moves one interval at a time and is never
+capped. (Implausible exchange times are dropped before they get here:
+``core.decode``'s time gate.)
 """
 
 from __future__ import annotations
@@ -183,20 +193,29 @@ def bar_should_publish(row, emit_empty):
 
 
 @nb.njit(cache=True, nogil=True)
-def bar_advance(row, interval_ms, t_ms, emit_empty):
-    """Close the open bar and open the next one, towards the bar containing ``t_ms``.
+def bar_advance(row, interval_ms, t_ms, emit_empty, max_empty):
+    """Close the open bar and open the next one, towards the bar containing ``t_ms``; 1 if a jump was capped.
 
     The caller publishes the closing bar (``bar_write``) BEFORE calling this.
     When empty bars are not published, a run of empty intervals up to the one
-    containing ``t_ms`` is skipped in one step.
+    containing ``t_ms`` is skipped in one step; when they are, a run of more
+    than ``max_empty`` of them is skipped in one step too (none emitted) and
+    1 is returned (a capped time jump), else 0.
     """
     if row.trades > 0:
         row.prev_close = row.close
     nxt = row.open_ms + interval_ms
-    if not emit_empty and t_ms >= nxt + interval_ms:
-        nxt = t_ms - t_ms % interval_ms
+    capped = 0
+    if t_ms >= nxt + interval_ms:  # at least one empty interval before the one containing t_ms
+        target = t_ms - t_ms % interval_ms
+        if not emit_empty:
+            nxt = target
+        elif (target - nxt) // interval_ms > max_empty:
+            nxt = target
+            capped = 1
     _reset_row(row, nxt)
     row.closed += 1
+    return capped
 
 
 @nb.njit(cache=True, nogil=True)

@@ -22,6 +22,22 @@ Used by ``scripts/replay_check.py`` and the real-recording tests. Two steps:
 
 A recording without a snapshot never yields a valid book: ``valid_tops``
 counts BK_TOP events published VALID.
+
+Hostile input in a recording is counted and dropped, and changes no figure
+(``tests/core/test_hostile_input.py`` splices every class of
+``core.hostile`` between the real frames):
+
+* the symbols are the ones the recording subscribed to: the streams of its
+  connect URLs (cryptofeed) when it has any, else the symbols of its REST
+  snapshots and those seen in at least ``MIN_SYMBOL_FRAMES`` frames; a frame
+  for any other symbol is ``unknown_symbol``. Their order (the symbol ids,
+  the rows of the report) is the connect URLs', else the snapshots' then by
+  name: never the order frames happen to come in;
+* the decoder's receive clock is the recording's (epoch ns), so its
+  exchange-time gate also bounds every exchange time against the receive
+  time (``RECORDING_SKEW_MS`` either way);
+* klines go through ``Decoder.decode_kline`` (the same type, value, symbol
+  and time checks as the decoded streams); ``decode_errors`` counts both.
 """
 
 from __future__ import annotations
@@ -31,11 +47,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
-import orjson
 
 from core.book_worker_kernels import BookConfig, BookEngine
 from core.decode import Decoder
-from core.fixedpoint import to_fixed
 from core.records import (
     BOOK_EVENT,
     concat_records,
@@ -65,6 +79,9 @@ INTERVAL_MS = {"1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 9
 FIGURES = ("applied", "chain_breaks", "resyncs", "crossed", "ticker_match", "ticker_mismatch",
            "bars_match", "bars_mismatch")
 
+MIN_SYMBOL_FRAMES = 10  # without subscriptions on record, a symbol seen in fewer frames (and no snapshot) was not one
+RECORDING_SKEW_MS = 60_000  # exchange time vs the recorder's receive time (the real recordings: -1.3 .. +2.9 s)
+
 
 @dataclass
 class Kline:
@@ -85,26 +102,53 @@ class Session:
     decode_errors: dict = field(default_factory=dict)
 
 
-def _parse_kline(d: dict) -> Kline | None:
-    k = d.get("k")
-    if not isinstance(k, dict) or k.get("i") not in INTERVAL_MS:
+def _kline(f: dict) -> Kline | None:
+    """A ``Decoder.decode_kline`` result as a Kline; None for an interval the bar check does not use (3d, 1w)."""
+    iv = INTERVAL_MS.get(f["interval"])
+    if iv is None:
         return None
-    f = {name: to_fixed(k[name]) for name in ("o", "h", "l", "c", "v", "q", "V", "Q")}
-    f["n"] = int(k["n"])
-    return Kline(symbol=str(k["s"]).upper(), interval_ms=INTERVAL_MS[k["i"]], open_ms=int(k["t"]),
-                 first_id=int(k["f"]), last_id=int(k["L"]), closed=bool(k["x"]), fields=f)
+    fields = {name: f[name] for name in ("o", "h", "l", "c", "v", "q", "V", "Q")}
+    fields["n"] = f["n"]
+    return Kline(symbol=f["symbol"], interval_ms=iv, open_ms=f["t"], first_id=f["f"], last_id=f["L"],
+                 closed=f["x"], fields=fields)
+
+
+def _stream_symbols(url: bytes) -> list[str]:
+    """Symbols of a combined-stream connect URL (``...?streams=btcusdt@trade/ethusdt@depth``), in its order."""
+    _, _, query = url.partition(b"streams=")
+    query = query.split(b"&", 1)[0]
+    out: dict[str, None] = {}
+    for part in query.split(b"/"):
+        if b"@" in part:
+            out.setdefault(part.split(b"@", 1)[0].decode("ascii", "replace").upper(), None)
+    return list(out)
+
+
+def session_symbols(frames: list) -> list[str]:
+    """The symbols a recording subscribed to (see the module docstring), in an order no frame can change:
+    the connect URLs' order; else the snapshots' order, then the other symbols by name."""
+    subscribed: dict[str, None] = {}
+    snapshots: dict[str, None] = {}
+    seen: dict[str, int] = {}
+    for fr in frames:
+        if fr.kind == "connect":
+            subscribed.update(dict.fromkeys(_stream_symbols(fr.payload)))
+        elif fr.symbol and fr.kind in ("ws", "depth_snapshot"):
+            seen[fr.symbol] = seen.get(fr.symbol, 0) + 1
+            if fr.kind == "depth_snapshot":
+                snapshots.setdefault(fr.symbol, None)
+    if subscribed:
+        return [s for s in subscribed if s in seen]
+    return list(snapshots) + sorted(s for s, n in seen.items() if s not in snapshots and n >= MIN_SYMBOL_FRAMES)
 
 
 def load_session(frames: Iterable, symbols: list[str] | None = None) -> Session:
     """Decode recorded frames (``core.recordings.Frame``) into one MD_EVENT array."""
     frames = list(frames)
     if symbols is None:
-        seen = {}
-        for fr in frames:
-            if fr.symbol and fr.kind in ("ws", "depth_snapshot"):
-                seen.setdefault(fr.symbol, None)
-        symbols = list(seen)
-    dec = Decoder(symbols)
+        symbols = session_symbols(frames)
+    # receive times are the recorder's epoch ns: the time gate bounds exchange times against them both ways
+    dec = Decoder(symbols, recv_wall_offset_ns=0, wall_ahead_ms=RECORDING_SKEW_MS, wall_behind_ms=RECORDING_SKEW_MS)
     ids = dec.symbol_ids
     out = Decoder.new_out()
     parts: list[np.ndarray] = []
@@ -113,13 +157,14 @@ def load_session(frames: Iterable, symbols: list[str] | None = None) -> Session:
     status = np.zeros(1, MD_EVENT)
     for fr in frames:
         if fr.kind == "ws":
+            ignored = dec.ignored["kline"]
             n = dec.decode(fr.payload, fr.recv_ns, out)
             if n:
                 parts.append(out[:n].copy())
-            elif b'"kline"' in fr.payload[:200]:
-                obj = orjson.loads(fr.payload)
-                kl = _parse_kline(obj.get("data", obj))
-                if kl is not None and kl.symbol in ids:
+            elif dec.ignored["kline"] > ignored:  # a kline: the feed ignores it, the bar check uses it
+                f = dec.decode_kline(fr.payload, fr.recv_ns)
+                kl = _kline(f) if f is not None else None
+                if kl is not None:
                     klines.append(kl)
         elif fr.kind == "depth_snapshot":
             if fr.symbol in ids:
@@ -255,4 +300,4 @@ def check_session(session: Session, md: np.ndarray | None = None, *, config: Boo
 
 
 __all__ = ["Session", "Kline", "load_session", "check_session", "rebuild_bar", "bar_matches_kline",
-           "raw_chain_breaks", "FIGURES", "ALL_SYMBOLS"]
+           "raw_chain_breaks", "session_symbols", "FIGURES", "ALL_SYMBOLS", "MIN_SYMBOL_FRAMES", "RECORDING_SKEW_MS"]

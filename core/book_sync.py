@@ -116,8 +116,9 @@ COUNTER_NAMES = (
     "lapped",
     "late_trades",
     "snapshot_failures",
+    "bar_gaps_capped",  # time jumps over more than bar_max_empty_run empty intervals (no flat bars emitted)
 )
-_SYNC_PAD = 5  # to a whole number of cache lines
+_SYNC_PAD = 4  # to a whole number of cache lines
 SYNC_ROW = np.dtype([(name, np.int64) for name, _doc in SYNC_HOT_FIELDS]
                     + [(name, np.int64) for name in COUNTER_NAMES]
                     + [("_pad", np.int64, (_SYNC_PAD,))], align=True)

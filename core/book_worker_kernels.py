@@ -145,13 +145,14 @@ BOOK_PARAMS = np.dtype([
     ("depth_throttle_ns", np.int64),  # min recv-time gap between BK_DEPTH per symbol; 0 every diff, <0 never
     ("watermark_ms", np.int64),  # the timer closes a bar this long after its end (exchange clock)
     ("emit_empty", np.int64),  # 1: publish flat bars for intervals without trades
+    ("max_empty_run", np.int64),  # a time jump over more empty intervals emits none of them (core.bars)
 ], align=True)
 BOOK_GSTAT = np.dtype([
     ("bad_symbol", np.int64),  # records for a symbol id outside the table
     ("bad_kind", np.int64),  # records of a kind the book does not know
     ("out_full", np.int64),  # calls that stopped early for lack of output space
 ], align=True)
-if BOOK_PARAMS.itemsize != 24 or BOOK_GSTAT.itemsize != 24:
+if BOOK_PARAMS.itemsize != 32 or BOOK_GSTAT.itemsize != 24:
     raise ImportError("BOOK_PARAMS / BOOK_GSTAT layout drifted")
 
 DIAG_COLS = 6  # diag rows: (symbol, u, bid_px, bid_qty, ask_px, ask_qty) after each applied diff
@@ -189,6 +190,7 @@ def alloc_state(config: "BookConfig", diag_rows: int = 0) -> BookState:
     params[0]["depth_throttle_ns"] = -1 if dt < 0 else int(dt * 1_000_000)
     params[0]["watermark_ms"] = config.bar_watermark_ms
     params[0]["emit_empty"] = 1 if config.emit_empty_bars else 0
+    params[0]["max_empty_run"] = config.bar_max_empty_run
     return BookState(keys=keys, qtys=qtys, count=count, sync=sync, resync=resync, buf=buf,
                      bars=alloc_bars(n, len(intervals)), intervals=intervals, params=params,
                      gstat=np.zeros(1, dtype=BOOK_GSTAT), diag=np.zeros((diag_rows, DIAG_COLS), np.int64),
@@ -284,6 +286,7 @@ def _close_bars_until(st, sym, t_ms, out, k, recv_ns, in_pub_ns, exch_ms, wm):
     first (state is consistent: the caller may call again to continue).
     """
     emit_empty = st.params[0].emit_empty != 0
+    max_empty = st.params[0].max_empty_run
     intervals = st.intervals
     cap = out.shape[0]
     for iv in range(intervals.shape[0]):
@@ -297,7 +300,7 @@ def _close_bars_until(st, sym, t_ms, out, k, recv_ns, in_pub_ns, exch_ms, wm):
                 _header(ev, st.sync[sym], sym, BK_BAR, recv_ns, in_pub_ns, exch_ms)
                 bar_write(row, ival, ev)
                 k += 1
-            bar_advance(row, ival, t_ms - wm, emit_empty)
+            st.sync[sym].bar_gaps_capped += bar_advance(row, ival, t_ms - wm, emit_empty, max_empty)
     return k
 
 
@@ -616,6 +619,7 @@ class BookConfig:
     bar_intervals_ms: tuple[int, ...] = (1_000, 60_000)  # time bar lengths (1s and 1m)
     bar_watermark_ms: int = 500  # a bar closes by timer this long after its end (exchange clock)
     emit_empty_bars: bool = True  # publish flat zero-volume bars for intervals without trades
+    bar_max_empty_run: int = 1440  # a time jump over more empty intervals emits none (a day of 1m bars; core.bars)
     depth_throttle_ms: float = 100.0  # min receive-time gap between BK_DEPTH per symbol; 0 every diff, <0 never
 
     def __post_init__(self):
@@ -635,6 +639,8 @@ class BookConfig:
                 bad("bar_intervals_ms", f"intervals must be whole seconds >= 1000 ms, got {iv}")
         if self.bar_watermark_ms < 0:
             bad("bar_watermark_ms", f"must be >= 0, got {self.bar_watermark_ms}")
+        if self.bar_max_empty_run < 0:
+            bad("bar_max_empty_run", f"must be >= 0, got {self.bar_max_empty_run}")
 
 
 class BookEngine:

@@ -41,6 +41,38 @@ Bad input never raises: it is counted in ``Decoder.errors`` by kind (see
 frame is all or nothing: a depth diff with one bad level yields no record,
 so the book sees the U/u gap and resyncs rather than applying half a diff.
 
+Hostile input (``core.hostile`` makes every class of it from real frames) is
+bad input too, and a frame the decoder accepts must not be able to drive a
+later stage into unbounded work or a wrong figure:
+
+* size: a WebSocket frame over ``MAX_FRAME_BYTES`` (a REST body over
+  ``MAX_SNAPSHOT_BYTES``) is ``oversized``, dropped before it is parsed;
+* values: a price of 0 or above ``core.decode_kernels.MAX_PRICE`` (1e10),
+  or a trade quantity of 0, is ``absurd_value`` (negative, non-numeric and
+  out-of-range text already had their kinds); a depth quantity of 0
+  removes a level, and a bookTicker side of 0/0 is an empty side, so
+  neither is absurd;
+* time: every decoded frame's exchange time (depth ``E``, trade ``T``,
+  bookTicker ``E`` when present) passes the exchange-time gate
+  (``core.decode_kernels.nb_time_gate``): more than ``TIME_AHEAD_MS`` ahead
+  of the last accepted frame's time plus the receive time elapsed since is
+  ``time_ahead``, more than ``TIME_BEHIND_MS`` behind the last accepted
+  frame's time ``time_behind``. When the receive clock is known as a wall
+  clock (``recv_wall_offset_ns``: the feed passes the CLOCK_MONOTONIC ->
+  epoch offset; a recording's receive times are epoch ns, offset 0), a time
+  more than ``wall_ahead_ms`` ahead of it is ``time_ahead`` too, and with
+  ``wall_behind_ms`` (replays of a recording; not a live feed, which the
+  simulator may feed an old recording) one that far behind it
+  ``time_behind``. A time before 2017 is always ``time_behind``, one after
+  2100 always ``time_ahead`` (``core.decode_kernels.MIN_EXCH_MS`` /
+  ``MAX_EXCH_MS``). Isolated bad times never move the gate's reference;
+  ``REANCHOR_FRAMES`` consecutive rejected frames that agree with each
+  other do (a replay that jumps to another day: ``time_reanchors``), and
+  they are lost. So one far-future timestamp is dropped here and never
+  moves a bar clock. Without a wall clock, the first timed frame is the
+  first reference: a bad one there costs up to ``REANCHOR_FRAMES - 1`` good
+  frames (the feed knows its wall clock, and a replay its recording's).
+
 Capacity: ``out`` must hold all records of one message. Diff frames rarely
 exceed a few hundred levels, but a REST snapshot can carry 5000 + 5000; use
 ``Decoder.new_out()`` (``MAX_RECORDS_PER_FRAME`` records, 640 KiB). A message
@@ -64,14 +96,21 @@ import orjson
 
 from core.decode_kernels import (
     DECLINE,
+    MAX_PRICE_FIXED,
     PENDING,
     ST_PENDING,
+    ST_T_ANCHOR,
+    ST_T_CAND_N,
+    ST_T_REANCHORS,
     SYM_MAX_LEN,
+    TIME_AHEAD,
+    TIME_BEHIND,
     make_state,
     nb_decode_frame,
     nb_decode_publish,
     nb_decode_snapshot,
     nb_publish_records,
+    nb_time_gate,
 )
 from core.errors import ConfigError, FixedPointError, RingError
 from core.fixedpoint import to_fixed
@@ -98,6 +137,13 @@ from ringbuffers.ring import FULL
 log = logging.getLogger(__name__)
 
 MAX_RECORDS_PER_FRAME = 16384  # >= 5000 + 5000 snapshot levels + BEGIN/END
+MAX_FRAME_BYTES = 1 << 20  # a WebSocket frame larger than this is dropped unparsed (Binance's are < 100 KiB)
+MAX_SNAPSHOT_BYTES = 8 << 20  # a REST depth body larger than this too (5000 + 5000 levels are ~0.4 MiB)
+TIME_AHEAD_MS = 60_000  # the exchange-time gate's relative bounds (see the module docstring)
+TIME_BEHIND_MS = 60_000
+WALL_AHEAD_MS = 300_000  # ...and how far ahead of a known wall clock an exchange time may be (host clock error)
+REANCHOR_FRAMES = 8  # consecutive rejected frames agreeing with each other that move the gate's reference
+TIME_ERRORS = {TIME_AHEAD: "time_ahead", TIME_BEHIND: "time_behind"}
 _DECIMAL_FORM = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 ERROR_KINDS = (
@@ -112,6 +158,10 @@ ERROR_KINDS = (
     "negative_price",  # a price string with a minus sign
     "out_of_range",  # an id/time outside 0..INT64_MAX, or a decimal beyond the fixed-point range
     "too_many_levels",  # the message does not fit in ``out``
+    "absurd_value",  # a price of 0 or above decode_kernels.MAX_PRICE, a trade quantity of 0
+    "time_ahead",  # the exchange time is implausibly far ahead (the time gate)
+    "time_behind",  # the exchange time is implausibly far behind (far past, or the clock going backwards)
+    "oversized",  # a frame over MAX_FRAME_BYTES (a REST body over MAX_SNAPSHOT_BYTES), not parsed
     "internal_error",  # a bug in this module (logged with traceback); should stay 0
 )
 
@@ -173,7 +223,7 @@ def _fixed(value, negative_kind: str) -> int:
         raise _Bad(negative_kind)
     try:
         return to_fixed(value)
-    except FixedPointError as exc:
+    except (FixedPointError, ValueError) as exc:  # ValueError: int() of more than 4300 digits
         # a well-formed decimal of <= 8 places can only fail on range
         _, _, frac = value.partition(".")
         well_formed = _DECIMAL_FORM.fullmatch(value) is not None and not frac[8:].strip("0")
@@ -186,6 +236,14 @@ def _fixed_field(obj: dict, key: str, negative_kind: str) -> int:
     return _fixed(obj[key], negative_kind)
 
 
+def _price(value) -> int:
+    """A price: a decimal string, > 0 and <= decode_kernels.MAX_PRICE."""
+    px = _fixed(value, "negative_price")
+    if px == 0 or px > MAX_PRICE_FIXED:
+        raise _Bad("absurd_value")
+    return px
+
+
 def _levels(obj: dict, key: str) -> list[tuple[int, int]]:
     if key not in obj:
         raise _Bad("missing_field")
@@ -196,7 +254,7 @@ def _levels(obj: dict, key: str) -> list[tuple[int, int]]:
     for level in levels:
         if not isinstance(level, list) or len(level) != 2:
             raise _Bad("bad_field_type")
-        parsed.append((_fixed(level[0], "negative_price"), _fixed(level[1], "negative_qty")))
+        parsed.append((_price(level[0]), _fixed(level[1], "negative_qty")))
     return parsed
 
 
@@ -211,10 +269,19 @@ class Decoder:
     """Decode Binance Spot WebSocket frames and REST depth bodies into MD_EVENT records.
 
     ``symbols``: the instrument table, upper case; a symbol's id is its index.
+    The exchange-time gate (module docstring): ``recv_wall_offset_ns`` makes
+    ``recv_ns + offset`` the epoch ns of a frame's receipt (None: the
+    receive clock is not a wall clock, relative checks only);
+    ``wall_ahead_ms`` / ``wall_behind_ms`` bound an exchange time against it
+    (``wall_behind_ms`` None: no bound behind); ``time_ahead_ms`` /
+    ``time_behind_ms`` against the stream itself.
     Not thread-safe (one decoder per feed thread).
     """
 
-    def __init__(self, symbols: list[str]):
+    def __init__(self, symbols: list[str], *, recv_wall_offset_ns: int | None = None,
+                 wall_ahead_ms: int = WALL_AHEAD_MS, wall_behind_ms: int | None = None,
+                 time_ahead_ms: int = TIME_AHEAD_MS, time_behind_ms: int = TIME_BEHIND_MS,
+                 reanchor_frames: int = REANCHOR_FRAMES):
         symbols = list(symbols)
         for k, sym in enumerate(symbols):
             if not isinstance(sym, str) or not sym or not sym.isascii() or not sym.isalnum() or sym != sym.upper():
@@ -227,7 +294,16 @@ class Decoder:
             raise ConfigError("symbols", f"at most 65535 symbols (u16 ids), got {len(symbols)}")
         self.symbols = symbols
         self.symbol_ids = {s: i for i, s in enumerate(symbols)}
-        self._st = make_state(symbols)
+        for key, v in (("wall_ahead_ms", wall_ahead_ms), ("time_ahead_ms", time_ahead_ms),
+                       ("time_behind_ms", time_behind_ms), ("wall_behind_ms", wall_behind_ms or 0)):
+            if v < 0:
+                raise ConfigError(f"decoder.{key}", f"must be >= 0, got {v}")
+        if reanchor_frames < 1:
+            raise ConfigError("decoder.reanchor_frames", f"must be >= 1, got {reanchor_frames}")
+        self._st = make_state(symbols, ahead_ms=time_ahead_ms, behind_ms=time_behind_ms,
+                              wall_offset_ms=None if recv_wall_offset_ns is None else recv_wall_offset_ns // 1_000_000,
+                              wall_ahead_ms=wall_ahead_ms, wall_behind_ms=wall_behind_ms,
+                              reanchor_frames=reanchor_frames)
         self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
         self.ignored: dict[str, int] = {"kline": 0}
         self.fast = 0  # frames the numba path decoded
@@ -242,6 +318,15 @@ class Decoder:
         self._ring_out = self.new_out()  # decode_publish's own scratch
         self._ring_out64 = self._ring_out.view(np.int64).reshape(len(self._ring_out), 8)
         self.pending = 0  # records decoded but not yet published (the ring was full)
+
+    @property
+    def time_reanchors(self) -> int:
+        """Times the exchange-time gate moved its reference to a run of agreeing frames (a real clock jump)."""
+        return int(self._st[ST_T_REANCHORS])
+
+    def reset_time_gate(self) -> None:
+        """Forget the exchange-time gate's reference (after warm-up frames that were not traffic)."""
+        self._st[ST_T_ANCHOR:ST_T_CAND_N + 1] = 0
 
     @staticmethod
     def new_out() -> np.ndarray:
@@ -261,12 +346,39 @@ class Decoder:
         view = self._out_view if out is self._out_obj else self._view(out)
         if type(payload) is not bytes:
             payload = bytes(payload)
+        if len(payload) > MAX_FRAME_BYTES:
+            return self._bad("oversized", payload)
         n = nb_decode_frame(payload, view, recv_ns, self._st)
         if n != DECLINE:
             self.fast += 1
+            if n < 0:
+                return self._bad(TIME_ERRORS[n], payload)
             return n
         self.slow += 1
         return self._guard(self._frame_ref, payload, recv_ns, out)
+
+    def decode_kline(self, payload: bytes, recv_ns: int) -> dict | None:
+        """A kline frame's fields, checked like a market frame's (the feed ignores klines; replays check them).
+
+        Returns ``{"symbol", "interval" (Binance's text, e.g. "1m"), "t", "T",
+        "f", "L", "n", "x", "o", "h", "l", "c", "v", "q", "V", "Q"}`` (prices
+        and volumes fixed point), or None: bad input is counted in ``errors``
+        by the same kinds (a symbol outside the table is ``unknown_symbol``,
+        ``E`` goes through the exchange-time gate), and a frame that is no
+        kline at all is ``unknown_stream``.
+        """
+        payload = bytes(payload)
+        if len(payload) > MAX_FRAME_BYTES:
+            self._bad("oversized", payload)
+            return None
+        try:
+            return self._kline_ref(payload, recv_ns)
+        except _Bad as bad:
+            self._bad(bad.kind, payload)
+        except Exception:  # noqa: BLE001 - like decode(): never raise on input
+            self.errors["internal_error"] += 1
+            log.exception("decoder: internal error on kline %r", payload[:200])
+        return None
 
     def decode_snapshot(self, payload: bytes, symbol_id: int, recv_ns: int, out: np.ndarray) -> int:
         """Write a REST depth body as SNAP_BEGIN, levels, SNAP_END into ``out``; return how many."""
@@ -275,6 +387,8 @@ class Decoder:
             raise ValueError(f"symbol_id {symbol_id} not in 0..{len(self.symbols) - 1}")
         if type(payload) is not bytes:
             payload = bytes(payload)
+        if len(payload) > MAX_SNAPSHOT_BYTES:
+            return self._bad("oversized", payload)
         n = nb_decode_snapshot(payload, view, recv_ns, symbol_id)
         if n != DECLINE:
             self.fast += 1
@@ -302,6 +416,8 @@ class Decoder:
             ctrl, slots = self._ring_views(ring)
         if type(payload) is not bytes:
             payload = bytes(payload)
+        if len(payload) > MAX_FRAME_BYTES:
+            return self._bad("oversized", payload)
         n = nb_decode_publish(payload, self._ring_out64, recv_ns, self._st, ctrl, slots)
         if n >= 0:
             self.fast += 1
@@ -310,6 +426,9 @@ class Decoder:
             self.fast += 1
             self.pending = int(self._st[ST_PENDING])
             return FULL
+        if n != DECLINE:  # decoded, refused by the time gate, nothing published
+            self.fast += 1
+            return self._bad(TIME_ERRORS[n], payload)
         self.slow += 1
         n = self._guard(self._frame_ref, payload, recv_ns, self._ring_out)
         if n > 0 and nb_publish_records(ctrl, slots, self._ring_out64, n, time.monotonic_ns()) == FULL:
@@ -331,12 +450,18 @@ class Decoder:
     def decode_reference(self, payload: bytes, recv_ns: int, out: np.ndarray) -> int:
         """``decode`` through the orjson path only."""
         _check_out(out)
-        return self._guard(self._frame_ref, bytes(payload), recv_ns, out)
+        payload = bytes(payload)
+        if len(payload) > MAX_FRAME_BYTES:
+            return self._bad("oversized", payload)
+        return self._guard(self._frame_ref, payload, recv_ns, out)
 
     def decode_snapshot_reference(self, payload: bytes, symbol_id: int, recv_ns: int, out: np.ndarray) -> int:
         """``decode_snapshot`` through the orjson path only."""
         _check_out(out)
-        return self._guard(self._snapshot_ref, bytes(payload), recv_ns, out, symbol_id)
+        payload = bytes(payload)
+        if len(payload) > MAX_SNAPSHOT_BYTES:
+            return self._bad("oversized", payload)
+        return self._guard(self._snapshot_ref, payload, recv_ns, out, symbol_id)
 
     # -- internals -----------------------------------------------------------
 
@@ -414,15 +539,15 @@ class Decoder:
                 return self._control(CONTROL_ERROR, recv_ns, obj)
         if "e" not in data:
             if all(k in data for k in ("u", "s", "b", "B", "a", "A")):
-                return self._ticker_ref(data, recv_ns, out)
+                return self._gated(self._ticker_ref(data, recv_ns, out), recv_ns, out)
             raise _Bad("unknown_stream")
         e = data["e"]
         if e == "depthUpdate":
-            return self._depth_ref(data, recv_ns, out)
+            return self._gated(self._depth_ref(data, recv_ns, out), recv_ns, out)
         if e == "trade":
-            return self._trade_ref(data, recv_ns, out, agg=False)
+            return self._gated(self._trade_ref(data, recv_ns, out, agg=False), recv_ns, out)
         if e == "aggTrade":
-            return self._trade_ref(data, recv_ns, out, agg=True)
+            return self._gated(self._trade_ref(data, recv_ns, out, agg=True), recv_ns, out)
         if e == "kline":
             self.ignored["kline"] += 1
             return 0
@@ -431,6 +556,52 @@ class Decoder:
         if not isinstance(e, str):
             raise _Bad("bad_field_type")
         raise _Bad("unknown_stream")
+
+    def _kline_ref(self, payload: bytes, recv_ns: int) -> dict:
+        obj = self._loads(payload)
+        if not isinstance(obj, dict):
+            raise _Bad("not_object")
+        data = obj.get("data") if "stream" in obj and "data" in obj else obj
+        if not isinstance(data, dict):
+            raise _Bad("bad_field_type")
+        if data.get("e") != "kline":
+            raise _Bad("unknown_stream")
+        self._symbol(data)
+        exch_ms = _int_field(data, "E")
+        k = data.get("k")
+        if not isinstance(k, dict):
+            raise _Bad("missing_field" if k is None else "bad_field_type")
+        if _str_field(k, "s") != data["s"]:
+            raise _Bad("unknown_symbol")
+        f = {"symbol": data["s"], "interval": _str_field(k, "i"), "t": _int_field(k, "t"), "T": _int_field(k, "T"),
+             "n": _int_field(k, "n"), "x": _bool_field(k, "x")}
+        for key in ("f", "L"):  # -1 in a kline without trades
+            v = k.get(key)
+            if key not in k:
+                raise _Bad("missing_field")
+            if type(v) is not int:  # noqa: E721 - bool must not pass
+                raise _Bad("bad_field_type")
+            if v < -1 or v > INT64_MAX:
+                raise _Bad("out_of_range")
+            f[key] = v
+        for key in ("o", "h", "l", "c"):
+            if key not in k:
+                raise _Bad("missing_field")
+            f[key] = _price(k[key])
+        for key in ("v", "q", "V", "Q"):
+            f[key] = _fixed_field(k, key, "negative_qty")
+        code = nb_time_gate(self._st, exch_ms, recv_ns)
+        if code:
+            raise _Bad(TIME_ERRORS[code])
+        return f
+
+    def _gated(self, n: int, recv_ns: int, out: np.ndarray) -> int:
+        """The exchange-time gate on a decoded frame (as ``nb_decode_frame`` applies it)."""
+        if n > 0:
+            code = nb_time_gate(self._st, int(out[0]["exch_ms"]), recv_ns)
+            if code:
+                raise _Bad(TIME_ERRORS[code])
+        return n
 
     def _depth_ref(self, d: dict, recv_ns: int, out: np.ndarray) -> int:
         sid = self._symbol(d)
@@ -450,8 +621,12 @@ class Decoder:
 
     def _trade_ref(self, d: dict, recv_ns: int, out: np.ndarray, agg: bool) -> int:
         sid = self._symbol(d)
-        px = _fixed_field(d, "p", "negative_price")
+        if "p" not in d:
+            raise _Bad("missing_field")
+        px = _price(d["p"])
         qty = _fixed_field(d, "q", "negative_qty")
+        if qty == 0:
+            raise _Bad("absurd_value")
         exch_ms = _int_field(d, "T")
         flags = FLAG_BEGIN | FLAG_END | (FLAG_BUYER_MAKER if _bool_field(d, "m") else 0)
         if agg:
@@ -471,6 +646,8 @@ class Decoder:
         bq = _fixed_field(d, "B", "negative_qty")
         ap = _fixed_field(d, "a", "negative_price")
         aq = _fixed_field(d, "A", "negative_qty")
+        if bp > MAX_PRICE_FIXED or ap > MAX_PRICE_FIXED or (bp == 0 and bq) or (ap == 0 and aq):
+            raise _Bad("absurd_value")
         return self._write(out, [
             (recv_ns, 0, exch_ms, u, u, bp, bq, sid, MD_TICKER_BID, FLAG_BEGIN, 0),
             (recv_ns, 0, exch_ms, u, u, ap, aq, sid, MD_TICKER_ASK, FLAG_END, 0),

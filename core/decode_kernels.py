@@ -20,10 +20,17 @@ byte order: ``symbol | kind << 16 | flags << 24 | aux << 32``.
 
 State array
 -----------
-``st`` (int64, built by ``make_state``) holds the per-key scratch the scanner
-fills (tagged with a generation number, so nothing is cleared per frame) and
-the symbol table (length + 32 bytes packed in 4 words per symbol), in one
-argument to keep dispatch cheap.
+``st`` (int64, built by ``make_state``) holds the exchange-time gate
+(``nb_time_gate``), the per-key scratch the scanner fills (tagged with a
+generation number, so nothing is cleared per frame) and the symbol table
+(length + 32 bytes packed in 4 words per symbol), in one argument to keep
+dispatch cheap.
+
+Absurd values
+-------------
+A price of 0 or above ``MAX_PRICE``, and a trade quantity of 0, make the
+kernels decline; the reference path counts them as ``absurd_value``. (A depth
+or snapshot quantity of 0 removes a level; a bookTicker side of 0/0 is empty.)
 """
 
 from __future__ import annotations
@@ -54,6 +61,14 @@ from ringbuffers.ring import FULL, nb_publish_begin, nb_publish_end
 
 DECLINE = -1  # the fast path does not handle this frame: use the reference path
 PENDING = -2  # nb_decode_publish: decoded, but the ring was full; records wait in ``out``
+TIME_AHEAD = -3  # decoded, but its exchange time is implausibly far ahead (nb_time_gate): drop and count
+TIME_BEHIND = -4  # decoded, but its exchange time is implausibly far behind (nb_time_gate): drop and count
+
+# Prices above this (whole units) are absurd: the dearest Binance Spot book (BTC in IDR) is ~2e9.
+MAX_PRICE = 10_000_000_000
+MAX_PRICE_FIXED = MAX_PRICE * 100_000_000
+MIN_EXCH_MS = 1_483_228_800_000  # 2017-01-01 UTC: Binance opened in July 2017; an earlier exchange time is absurd
+MAX_EXCH_MS = 4_102_444_800_000  # 2100-01-01 UTC: so is a later one, whatever the clocks say
 
 # int64 words of one MD_EVENT record (checked against records.py below)
 W_RECV_NS = 0
@@ -88,7 +103,21 @@ _check_layout()
 ST_GEN = 0  # generation of the current scan (key slots tagged with it are "seen")
 ST_NSYM = 1  # symbols in the table
 ST_PENDING = 2  # nb_decode_publish: records left in ``out`` by a full ring
-ST_KEYS = 8
+# the exchange-time gate (nb_time_gate); times are ms, the receive clock is the caller's recv_ns / 1e6
+ST_T_AHEAD = 3  # a time more than this ahead of the expected exchange time is rejected
+ST_T_BEHIND = 4  # ...more than this behind it
+ST_T_WALL = 5  # 1: recv_ns + ST_T_WALL_OFF ms is the wall clock (absolute checks on)
+ST_T_WALL_OFF = 6  # ms to add to recv_ns // 1e6 to get epoch ms
+ST_T_WALL_AHEAD = 7  # absolute: a time more than this ahead of the wall clock is rejected (never re-anchors)
+ST_T_WALL_BEHIND = 8  # absolute: ...more than this behind it; < 0: no such check (replays of old recordings)
+ST_T_REANCHOR_N = 9  # consecutive rejected frames that agree with each other and move the reference
+ST_T_ANCHOR = 10  # exchange time of the last accepted frame (0: none yet)
+ST_T_ANCHOR_RECV = 11  # its receive time
+ST_T_CAND = 12  # exchange time of the last rejected frame (a candidate reference)
+ST_T_CAND_RECV = 13
+ST_T_CAND_N = 14  # consecutive rejected frames that agree with the candidate
+ST_T_REANCHORS = 15  # times the reference moved to a candidate (a real jump: replayed sessions, a clock step)
+ST_KEYS = 24
 KEY_WORDS = 5  # per key byte: gen, type, int value, span start, span end
 K_GEN = 0
 K_TYPE = 1
@@ -108,10 +137,19 @@ T_ARR = 5
 MAX_INT_DIGITS = 18  # always below INT64_MAX, so no overflow check in the loop
 
 
-def make_state(symbols: list[str]) -> np.ndarray:
-    """The ``st`` array for ``symbols`` (upper-case ASCII, <= 32 bytes each)."""
+def make_state(symbols: list[str], *, ahead_ms: int = 60_000, behind_ms: int = 60_000,
+               wall_offset_ms: int | None = None, wall_ahead_ms: int = 300_000, wall_behind_ms: int | None = None,
+               reanchor_frames: int = 8) -> np.ndarray:
+    """The ``st`` array for ``symbols`` (upper-case ASCII, <= 32 bytes each) and the time gate's bounds."""
     st = np.zeros(ST_SYM + SYM_WORDS * len(symbols), np.int64)
     st[ST_NSYM] = len(symbols)
+    st[ST_T_AHEAD] = ahead_ms
+    st[ST_T_BEHIND] = behind_ms
+    st[ST_T_WALL] = 0 if wall_offset_ms is None else 1
+    st[ST_T_WALL_OFF] = wall_offset_ms or 0
+    st[ST_T_WALL_AHEAD] = wall_ahead_ms
+    st[ST_T_WALL_BEHIND] = -1 if wall_behind_ms is None else wall_behind_ms
+    st[ST_T_REANCHOR_N] = reanchor_frames
     for k, sym in enumerate(symbols):
         raw = sym.encode("ascii")
         base = ST_SYM + k * SYM_WORDS
@@ -274,6 +312,8 @@ def _scan_levels(buf, n, i, out, r, kind):
             return -1, r
         pe, px = _parse_dec(buf, n, i + 2)
         if pe < 0 or pe + 3 > n or buf[pe + 1] != C_COMMA or buf[pe + 2] != C_QUOTE:
+            return -1, r
+        if px == 0 or px > MAX_PRICE_FIXED:  # absurd: the reference path counts it
             return -1, r
         qe, qty = _parse_dec(buf, n, pe + 3)
         if qe < 0 or qe + 2 > n or buf[qe + 1] != C_RBRACK:
@@ -511,6 +551,8 @@ def _emit_trade(buf, st, gen, out, recv_ns, agg):
     qty = _str_fixed(buf, st, 113)
     if px == PARSE_ERROR or qty == PARSE_ERROR:
         return DECLINE
+    if px == 0 or px > MAX_PRICE_FIXED or qty == 0:  # absurd: the reference path counts it
+        return DECLINE
     flags = FLAG_BEGIN | FLAG_END | bm
     if agg:
         _put(out, 0, recv_ns, _key_int(st, 84), _key_int(st, 102), _key_int(st, 108), px, qty, sid,
@@ -543,6 +585,8 @@ def _emit_ticker(buf, st, gen, out, recv_ns):
     aq = _str_fixed(buf, st, 65)
     if bp == PARSE_ERROR or bq == PARSE_ERROR or ap == PARSE_ERROR or aq == PARSE_ERROR:
         return DECLINE
+    if bp > MAX_PRICE_FIXED or ap > MAX_PRICE_FIXED or (bp == 0 and bq != 0) or (ap == 0 and aq != 0):
+        return DECLINE  # absurd: the reference path counts it
     u = _key_int(st, 117)
     _put(out, 0, recv_ns, exch_ms, u, u, bp, bq, sid, MD_TICKER_BID, FLAG_BEGIN, 0)
     _put(out, 1, recv_ns, exch_ms, u, u, ap, aq, sid, MD_TICKER_ASK, FLAG_END, 0)
@@ -550,7 +594,99 @@ def _emit_ticker(buf, st, gen, out, recv_ns):
 
 
 @nb.njit(cache=True, nogil=True)
+def _time_verdict(exch_ms, recv_ms, ref_ms, ref_recv_ms, ahead, behind):
+    """0, TIME_AHEAD or TIME_BEHIND for ``exch_ms`` against a reference frame (``ref_ms`` seen at ``ref_recv_ms``)."""
+    elapsed = recv_ms - ref_recv_ms
+    if elapsed < 0:
+        elapsed = 0
+    expected = ref_ms + elapsed  # the exchange clock ran on by the receive time elapsed
+    if exch_ms > expected + ahead:
+        return TIME_AHEAD
+    if exch_ms < ref_ms - behind:
+        return TIME_BEHIND
+    return 0
+
+
+@nb.njit(cache=True, nogil=True)
+def nb_time_gate(st, exch_ms, recv_ns):
+    """Accept (0) or reject (TIME_AHEAD / TIME_BEHIND) a frame's exchange time ``exch_ms``; updates the gate.
+
+    A frame without an exchange time (0: a bookTicker without E) passes; one
+    before ``MIN_EXCH_MS`` or after ``MAX_EXCH_MS`` never does. Absolute
+    checks, only when the receive clock is known as a wall clock
+    (``ST_T_WALL``): more than ``ST_T_WALL_AHEAD`` ms ahead of it (no event
+    comes from the future), or, when set, more than ``ST_T_WALL_BEHIND``
+    behind it. They never move the reference. Relative check: against the
+    last accepted frame, the exchange clock may have run on by the receive
+    time elapsed since, plus ``ST_T_AHEAD``; it may be at most ``ST_T_BEHIND``
+    behind that frame's time (streams interleave a little out of order).
+    The first timed frame is the first reference. A rejected frame becomes a
+    candidate reference: ``ST_T_REANCHOR_N`` consecutive rejected frames that
+    agree with each other are the stream's real clock (replayed sessions one
+    after another, a bad first frame), and the reference moves to them
+    (``ST_T_REANCHORS``). An accepted frame clears the candidate, so isolated
+    hostile frames between good ones never move the reference.
+    """
+    if exch_ms <= 0:
+        return 0
+    if exch_ms > MAX_EXCH_MS:  # (and so no sum below can overflow)
+        return TIME_AHEAD
+    if exch_ms < MIN_EXCH_MS:
+        return TIME_BEHIND
+    recv_ms = recv_ns // 1_000_000
+    if st[ST_T_WALL] != 0:
+        wall = recv_ms + st[ST_T_WALL_OFF]
+        if exch_ms > wall + st[ST_T_WALL_AHEAD]:
+            return TIME_AHEAD
+        if st[ST_T_WALL_BEHIND] >= 0 and exch_ms < wall - st[ST_T_WALL_BEHIND]:
+            return TIME_BEHIND
+    if st[ST_T_ANCHOR] == 0:
+        st[ST_T_ANCHOR] = exch_ms
+        st[ST_T_ANCHOR_RECV] = recv_ms
+        return 0
+    ahead = st[ST_T_AHEAD]
+    behind = st[ST_T_BEHIND]
+    v = _time_verdict(exch_ms, recv_ms, st[ST_T_ANCHOR], st[ST_T_ANCHOR_RECV], ahead, behind)
+    if v == 0:
+        st[ST_T_ANCHOR] = exch_ms
+        st[ST_T_ANCHOR_RECV] = recv_ms
+        st[ST_T_CAND_N] = 0
+        return 0
+    if st[ST_T_CAND_N] > 0 and _time_verdict(exch_ms, recv_ms, st[ST_T_CAND], st[ST_T_CAND_RECV], ahead,
+                                             behind) == 0:
+        st[ST_T_CAND_N] += 1
+    else:
+        st[ST_T_CAND_N] = 1
+    st[ST_T_CAND] = exch_ms
+    st[ST_T_CAND_RECV] = recv_ms
+    if st[ST_T_CAND_N] >= st[ST_T_REANCHOR_N]:
+        st[ST_T_ANCHOR] = exch_ms
+        st[ST_T_ANCHOR_RECV] = recv_ms
+        st[ST_T_CAND_N] = 0
+        st[ST_T_REANCHORS] += 1
+        return 0
+    return v
+
+
+@nb.njit(cache=True, nogil=True)
 def nb_decode_frame(buf, out, recv_ns, st):
+    """Decode one WebSocket text frame into ``out`` (int64[n, 8] view of MD_EVENT), through the time gate.
+
+    Returns the record count, ``DECLINE`` for anything this scanner does not
+    take (the caller then uses the reference path), or ``TIME_AHEAD`` /
+    ``TIME_BEHIND`` for a frame it decoded whose exchange time the gate
+    rejects (``nb_time_gate``: drop it and count).
+    """
+    n = _decode_frame(buf, out, recv_ns, st)
+    if n > 0:
+        g = nb_time_gate(st, out[0, W_EXCH_MS], recv_ns)
+        if g != 0:
+            return g
+    return n
+
+
+@nb.njit(cache=True, nogil=True)
+def _decode_frame(buf, out, recv_ns, st):
     """Decode one WebSocket text frame into ``out`` (int64[n, 8] view of MD_EVENT).
 
     Handles depthUpdate, trade, aggTrade and bookTicker, raw or in the
@@ -661,7 +797,8 @@ def nb_decode_publish(buf, out, recv_ns, st, ctrl, slots):
 
     ``pub_ns`` is CLOCK_MONOTONIC taken in the kernel after decoding. Returns
     the records published (0 for a frame without market events), ``DECLINE``
-    (nothing decoded: use the reference path), or ``PENDING`` when the ring
+    (nothing decoded: use the reference path), ``TIME_AHEAD`` / ``TIME_BEHIND``
+    (decoded, rejected by the time gate, nothing published), or ``PENDING`` when the ring
     was full: the records stay in ``out[:st[ST_PENDING]]`` to be published later.
     """
     n = nb_decode_frame(buf, out, recv_ns, st)

@@ -53,7 +53,9 @@ Heartbeat counters: ``books_valid`` (symbols VALID now), ``tops``,
 ``resyncs_requested``, ``lapped``/``md_lost``, ``book_full`` (waits on a full
 book ring), ``md_records``, and the engine's per-symbol counters summed
 (``applied``, ``chain_breaks``, ``crossed``, ``stale_dropped``, ``buffered``,
-``snapshots_applied``, ``reconnects``, ``late_trades``, ``malformed``...).
+``snapshots_applied``, ``reconnects``, ``late_trades``, ``malformed``,
+``bar_gaps_capped`` (time jumps over more than ``bar_max_empty_run`` empty
+bar intervals: no flat bars emitted, the bars resynchronised; ``core.bars``)...).
 """
 
 from __future__ import annotations

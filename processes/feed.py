@@ -35,7 +35,11 @@ not read meanwhile. With ``overwrite`` it never waits (a lapped book resyncs).
 The asyncio loop also serves the control plane every ``CONTROL_POLL_S``:
 stop requests, resync / reconnect commands, and heartbeats with the feed's
 counters (frames, records, reconnects, snapshots, decode errors by kind,
-rate-limited answers).
+rate-limited answers, ``exch_time_reanchors``). Hostile frames (``core.hostile``:
+unknown symbols, implausible exchange times, absurd values, wrong types,
+truncated, oversized, non-UTF-8, JSON that is no Binance message) are
+``decode_errors`` by kind (``core.decode``): counted, logged once per kind,
+dropped; the socket keeps being read.
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ def _warm(config, decoder: Decoder) -> None:
         ring.close()
         ring.unlink()
     decoder.errors.update(dict.fromkeys(decoder.errors, 0))  # warm-up frames are not traffic
+    decoder.reset_time_gate()  # ...and their (2024) exchange time must not be the gate's reference
 
 
 def heartbeat_stats(client: FeedClient, pub: RingPublisher) -> dict:
@@ -162,6 +167,7 @@ def heartbeat_stats(client: FeedClient, pub: RingPublisher) -> dict:
     st["dropped_at_stop"] = pub.dropped_at_stop
     st["fast_path_frames"] = client.decoder.fast
     st["slow_path_frames"] = client.decoder.slow
+    st["exch_time_reanchors"] = client.decoder.time_reanchors
     return st
 
 

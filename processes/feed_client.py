@@ -189,7 +189,9 @@ class FeedClient:
         self.rng = rng or random.Random()
         self.symbols = list(settings.symbols)
         self.symbol_ids = {s: i for i, s in enumerate(self.symbols)}
-        self.decoder = Decoder(self.symbols)
+        # frames are stamped with CLOCK_MONOTONIC: the offset lets the decoder's time gate also bound exchange
+        # times against the host's wall clock (ahead only: the simulator may replay an old recording)
+        self.decoder = Decoder(self.symbols, recv_wall_offset_ns=time.time_ns() - time.monotonic_ns())
         self.out = Decoder.new_out()
         self.stats = FeedStats()
         self._transport: WSTransport | None = None

@@ -39,10 +39,24 @@ realized_gross, fees (asset -> amount), fees_quote, realized_net,
 unrealized at ``--mark`` (null without one), trades. ``--json``: one object
 keyed by symbol, numbers as decimal strings with 8 decimals.
 
-Exit codes: 0 report written; 2 bad input (a malformed line, a missing or
-non-numeric field, a duplicate trade id, a symbol whose quote asset is
-unknown, a bad option value): one message naming the line or the symbol, no
-traceback.
+Bad lines (hostile input, ``core.hostile``): a line that is not UTF-8, longer
+than ``MAX_LINE_BYTES``, not JSON, not a trade object, with a missing field, a
+field of the wrong type, a price or qty that is not > 0 or above
+``core.decode_kernels.MAX_PRICE``, a time before Binance opened
+(``EARLIEST_TRADE_MS``) or more than a day ahead of the clock, a symbol with
+no known quote asset (or, with ``--exchange-info``, one it does not list) or
+a trade id already seen for that symbol is skipped and counted by reason:
+the figures are those of the good lines. stderr gets one line per skipped
+line (the first ``SHOW_SKIPPED``) naming the file, the line and the problem,
+and a total by reason; stdout is the report alone. In a JSON array an
+element is skipped the same way, but an array that stops being JSON cannot
+be read on (exit 2). ``--strict`` restores the all-or-nothing behaviour: the
+first bad line is exit 2.
+
+Exit codes: 0 report written (bad lines skipped, see stderr); 2 bad input
+that cannot be skipped (an unreadable file, a broken JSON array, a bad
+option value; with ``--strict`` any bad line): one message naming the line
+or the symbol, no traceback.
 """
 
 from __future__ import annotations
@@ -50,7 +64,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -62,6 +77,7 @@ from core.numba_cache import configure  # noqa: E402
 
 configure()  # before numba is imported: the keyed cache dir
 
+from core.decode_kernels import MAX_PRICE_FIXED  # noqa: E402
 from core.errors import ConfigError, FixedPointError  # noqa: E402
 from core.fixedpoint import to_fixed  # noqa: E402
 from core.pnl import (  # noqa: E402
@@ -87,6 +103,36 @@ QUOTE_SUFFIXES = (
 
 REQUIRED_FIELDS = ("symbol", "id", "price", "qty", "commission", "commissionAsset", "time", "isBuyer")
 FIELD_NUMBERS = 8  # decimals printed
+MAX_LINE_BYTES = 64 * 1024  # a myTrades object is ~300 bytes; a longer line is not one
+EARLIEST_TRADE_MS = 1_499_990_400_000  # 2017-07-14 UTC, Binance's first day of trading
+FUTURE_SLACK_MS = 86_400_000  # a trade time more than this ahead of the clock is absurd
+SHOW_SKIPPED = 20  # skipped lines named one by one on stderr (then only counted)
+INT64_MAX = 2**63 - 1
+
+
+class BadLine(ConfigError):
+    """One input line (or array element) that is not a good trade; ``reason`` is what it is counted as."""
+
+    def __init__(self, path: str, problem: str, reason: str):
+        super().__init__(path, problem)
+        self.reason = reason
+
+
+@dataclass
+class Skipped:
+    """Bad lines skipped (not in the figures): counts by reason, the first messages."""
+
+    reasons: dict[str, int] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.reasons.values())
+
+    def add(self, bad: BadLine) -> None:
+        self.reasons[bad.reason] = self.reasons.get(bad.reason, 0) + 1
+        if len(self.messages) < SHOW_SKIPPED:
+            self.messages.append(str(bad))
 
 
 @dataclass(frozen=True)
@@ -110,22 +156,42 @@ def _at(name: str, line: int) -> str:
     return f"{name} line {line}:"
 
 
-def _json_objects(text: str, name: str):
-    """(line, parsed value) of each JSON line, or of each element of one JSON array."""
+def _json_problem(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, RecursionError):
+        return "not valid JSON (nested too deep)"
+    return f"not valid JSON ({exc})"
+
+
+def _json_objects(raw: bytes, name: str):
+    """(line, parsed value, or a BadLine for a line that is not a JSON value) of each JSON line, or of each
+    element of one JSON array (whose structural errors raise: an array cannot be read on past them)."""
     decoder = json.JSONDecoder(parse_float=Decimal)
-    body = text.lstrip()
-    if body.startswith("["):
-        yield from _array_elements(text, name, decoder)
+    if raw.lstrip()[:1] == b"[":
+        # undecodable bytes become lone surrogates: they can only sit in strings, which the checks then refuse
+        yield from _array_elements(raw.decode("utf-8", "surrogateescape"), name, decoder)
         return
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_BYTES:
+            yield n, BadLine(_at(name, n), f"longer than {MAX_LINE_BYTES} bytes ({len(line)}): not a trade",
+                             "oversized")
             continue
         try:
-            value, end = decoder.raw_decode(raw, len(raw) - len(raw.lstrip()))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(_at(name, n), f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-        if raw[end:].strip():
-            raise ConfigError(_at(name, n), f"extra text after the JSON value at column {end + 1}")
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield n, BadLine(_at(name, n), f"not UTF-8 text (byte {exc.start + 1})", "not_utf8")
+            continue
+        try:
+            value, end = decoder.raw_decode(text, len(text) - len(text.lstrip()))
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an int of > 4300 digits
+            yield n, BadLine(_at(name, n), _json_problem(exc), "not_json")
+            continue
+        if text[end:].strip():
+            yield n, BadLine(_at(name, n), f"extra text after the JSON value at column {end + 1}", "not_json")
+            continue
         yield n, value
 
 
@@ -152,8 +218,9 @@ def _array_elements(text: str, name: str, decoder: json.JSONDecoder):
         start = line_at(i)
         try:
             value, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(_at(name, exc.lineno), f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except (ValueError, RecursionError) as exc:
+            where = exc.lineno if isinstance(exc, json.JSONDecodeError) else line_at(i)
+            raise ConfigError(_at(name, where), _json_problem(exc)) from exc
         yield start, value
         first = False
         while i < len(text) and text[i] in ws:
@@ -173,67 +240,109 @@ def _array_elements(text: str, name: str, decoder: json.JSONDecoder):
 def _decimal_field(obj: dict, key: str, where: str, *, positive: bool) -> int:
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, (str, int, Decimal)):
-        raise ConfigError(where, f"field {key!r} must be decimal text, got {v!r}")
-    text = format(v, "f") if isinstance(v, Decimal) else str(v)
+        raise BadLine(where, f"field {key!r} must be decimal text, got {v!r}", "bad_field_type")
     try:
+        text = format(v, "f") if isinstance(v, Decimal) else str(v)
         fixed = to_fixed(text)
-    except FixedPointError as exc:
-        raise ConfigError(where, f"field {key!r} is not a non-negative decimal with at most 8 decimals: {v!r}") \
-            from exc
+    except (FixedPointError, ValueError) as exc:  # ValueError: Decimal NaN/inf, int() of > 4300 digits
+        raise BadLine(where, f"field {key!r} is not a non-negative decimal with at most 8 decimals: {v!r}",
+                      "bad_value") from exc
     if positive and fixed <= 0:
-        raise ConfigError(where, f"field {key!r} must be > 0, got {v!r}")
+        raise BadLine(where, f"field {key!r} must be > 0, got {v!r}", "bad_value")
     return fixed
 
 
 def _int_field(obj: dict, key: str, where: str) -> int:
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(where, f"field {key!r} must be an integer, got {v!r}")
+        raise BadLine(where, f"field {key!r} must be an integer, got {v!r}", "bad_field_type")
+    if not 0 <= v <= INT64_MAX:
+        raise BadLine(where, f"field {key!r} must be in 0..{INT64_MAX}, got {v!r}", "bad_value")
     return v
 
 
-def parse_trade(obj, line: int, name: str) -> Trade:
+def parse_trade(obj, line: int, name: str, now_ms: int | None = None) -> Trade:
+    """One myTrades object; raises ``BadLine`` naming the line, the field and the problem."""
     where = _at(name, line)
     if not isinstance(obj, dict):
-        raise ConfigError(where, f"expected a trade object, got {type(obj).__name__}")
+        raise BadLine(where, f"expected a trade object, got {type(obj).__name__}", "not_a_trade")
     missing = [k for k in REQUIRED_FIELDS if k not in obj]
     if missing:
-        raise ConfigError(where, f"missing field {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
-                                                                     if len(missing) > 1 else ""))
+        raise BadLine(where, f"missing field {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
+                                                                 if len(missing) > 1 else ""), "missing_field")
     symbol = obj["symbol"]
-    if not isinstance(symbol, str) or not symbol.isalnum():
-        raise ConfigError(where, f"field 'symbol' must be a symbol name, got {symbol!r}")
+    if not isinstance(symbol, str) or not symbol.isascii() or not symbol.isalnum():
+        raise BadLine(where, f"field 'symbol' must be a symbol name, got {symbol!r}", "bad_field_type")
     asset = obj["commissionAsset"]
     if asset is None:
         asset = ""
-    if not isinstance(asset, str):
-        raise ConfigError(where, f"field 'commissionAsset' must be an asset name, got {asset!r}")
+    if not isinstance(asset, str) or not (asset.isascii() and (asset.isalnum() or not asset)):
+        raise BadLine(where, f"field 'commissionAsset' must be an asset name, got {asset!r}", "bad_field_type")
     if not isinstance(obj["isBuyer"], bool):
-        raise ConfigError(where, f"field 'isBuyer' must be true or false, got {obj['isBuyer']!r}")
+        raise BadLine(where, f"field 'isBuyer' must be true or false, got {obj['isBuyer']!r}", "bad_field_type")
     commission = _decimal_field(obj, "commission", where, positive=False)
     if commission and not asset:
-        raise ConfigError(where, "a commission without a commissionAsset")
-    return Trade(line=line, symbol=symbol.upper(), id=_int_field(obj, "id", where),
-                 time_ms=_int_field(obj, "time", where), side=SIDE_BUY if obj["isBuyer"] else SIDE_SELL,
-                 px=_decimal_field(obj, "price", where, positive=True),
+        raise BadLine(where, "a commission without a commissionAsset", "bad_value")
+    tid = _int_field(obj, "id", where)
+    time_ms = _int_field(obj, "time", where)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if not EARLIEST_TRADE_MS <= time_ms <= now_ms + FUTURE_SLACK_MS:
+        raise BadLine(where, f"field 'time' {time_ms} is not a Binance trade time (before 2017-07-14 or more than "
+                             "a day ahead of the clock)", "absurd_value")
+    px = _decimal_field(obj, "price", where, positive=True)
+    if px > MAX_PRICE_FIXED:
+        raise BadLine(where, f"field 'price' is absurd: {obj['price']!r}", "absurd_value")
+    return Trade(line=line, symbol=symbol.upper(), id=tid, time_ms=time_ms,
+                 side=SIDE_BUY if obj["isBuyer"] else SIDE_SELL, px=px,
                  qty=_decimal_field(obj, "qty", where, positive=True), commission=commission,
                  commission_asset=asset.upper())
 
 
-def read_trades(path: Path) -> dict[str, list[Trade]]:
-    """Trades by symbol, each list sorted by (time, id). Raises ConfigError naming the line."""
+def read_trades(path: Path, *, skipped: Skipped | None = None, assets=None,
+                now_ms: int | None = None) -> dict[str, list[Trade]]:
+    """Trades by symbol, each list sorted by (time, id).
+
+    ``skipped`` None (``--strict``): the first bad line raises its ``BadLine``
+    (a ``ConfigError`` naming the line). Otherwise bad lines are counted in
+    ``skipped`` and left out. ``assets(symbol)`` (base, quote) raises
+    ``ConfigError`` for a symbol with no known quote asset: its lines are bad
+    lines too (``unknown_symbol``).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise ConfigError("--trades", f"cannot read {path}: {exc}") from exc
     by_symbol: dict[str, list[Trade]] = {}
     seen: dict[tuple[str, int], int] = {}
-    for line, obj in _json_objects(text, path.name):
-        t = parse_trade(obj, line, path.name)
-        prev = seen.setdefault((t.symbol, t.id), line)
-        if prev != line:
-            raise ConfigError(_at(path.name, line),
-                              f"duplicate trade id {t.id} for {t.symbol} (first at line {prev})")
+    known: dict[str, tuple[str, str] | None] = {}
+    for line, obj in _json_objects(raw, path.name):
+        try:
+            if isinstance(obj, BadLine):
+                raise obj
+            t = parse_trade(obj, line, path.name, now_ms)
+            if assets is not None:
+                if t.symbol not in known:
+                    try:
+                        known[t.symbol] = assets(t.symbol)
+                    except ConfigError:
+                        if skipped is None:
+                            raise
+                        known[t.symbol] = None
+                if known[t.symbol] is None:
+                    raise BadLine(_at(path.name, line), f"symbol {t.symbol} has no known quote asset (pass "
+                                                        "--exchange-info FILE that lists it)", "unknown_symbol")
+                if t.commission_asset == known[t.symbol][0] and t.commission > t.qty:
+                    raise BadLine(_at(path.name, line), f"base commission {t.commission} exceeds the qty {t.qty} "
+                                                        "(fixed point)", "bad_value")
+            prev = seen.setdefault((t.symbol, t.id), line)
+            if prev != line:
+                raise BadLine(_at(path.name, line), f"duplicate trade id {t.id} for {t.symbol} (first at line {prev})",
+                              "duplicate_id")
+        except BadLine as bad:
+            if skipped is None:
+                raise
+            skipped.add(bad)
+            continue
         by_symbol.setdefault(t.symbol, []).append(t)
     for trades in by_symbol.values():
         trades.sort(key=lambda t: (t.time_ms, t.id))
@@ -248,6 +357,8 @@ def read_exchange_info(path: Path) -> dict[str, tuple[str, str]]:
         raise ConfigError("--exchange-info", f"cannot read {path}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(_at(path.name, exc.lineno), f"not valid JSON ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(path.name, _json_problem(exc)) from exc
     symbols = doc.get("symbols") if isinstance(doc, dict) else None
     if not isinstance(symbols, list):
         raise ConfigError(path.name, "not an exchangeInfo body: no 'symbols' list")
@@ -299,12 +410,18 @@ def fee_price_for(asset: str, quote: str, fee_prices: dict[tuple[str, str | None
 # ---------------------------------------------------------------------------
 def run(trades_path: Path, method: str, marks: dict[str, int] | None = None,
         fee_prices: dict[tuple[str, str | None], int] | None = None,
-        exchange_info: dict[str, tuple[str, str]] | None = None) -> dict[str, dict]:
-    """symbol -> figures (Decimal / None / int / names), computed by core.pnl."""
+        exchange_info: dict[str, tuple[str, str]] | None = None, *, skipped: Skipped | None = None,
+        now_ms: int | None = None) -> dict[str, dict]:
+    """symbol -> figures (Decimal / None / int / names), computed by core.pnl.
+
+    Bad lines are counted in ``skipped`` and left out; with ``skipped`` None
+    the first one raises (``--strict``).
+    """
     method_id = METHOD_IDS[method]
     marks = marks or {}
     fee_prices = fee_prices or {}
-    by_symbol = read_trades(trades_path)
+    by_symbol = read_trades(trades_path, skipped=skipped, assets=lambda sym: split_symbol(sym, exchange_info),
+                            now_ms=now_ms)
     symbols = sorted(by_symbol)
     assets = {s: split_symbol(s, exchange_info) for s in symbols}
     others: list[str] = []
@@ -326,8 +443,6 @@ def run(trades_path: Path, method: str, marks: dict[str, int] | None = None,
             else:
                 kind, fee_id = COMM_OTHER, others.index(t.commission_asset)
             where = _at(trades_path.name, t.line)
-            if kind == COMM_BASE and t.commission > t.qty:
-                raise ConfigError(where, f"base commission {t.commission} exceeds the qty {t.qty} (fixed point)")
             status = book.apply_fill(i, t.side, t.px, t.qty, t.commission, kind, fee_asset_id=fee_id)
             if status != PNL_OK:
                 raise ConfigError(where, f"core.pnl refused the fill ({STATUS_NAMES[status]}: see core/pnl.py)")
@@ -397,7 +512,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="price of a commission asset (BNB) in the quote, to convert its fees")
     ap.add_argument("--exchange-info", type=Path, metavar="FILE", help="exchangeInfo JSON for base/quote assets")
     ap.add_argument("--json", action="store_true", help="one JSON object keyed by symbol")
+    ap.add_argument("--strict", action="store_true", help="exit 2 on the first bad line instead of skipping it")
     return ap.parse_args(argv)
+
+
+def report_skipped(skipped: Skipped, name: str) -> None:
+    """The skipped lines on stderr: one message each (the first SHOW_SKIPPED), then the total by reason."""
+    for msg in skipped.messages:
+        print(f"pnl_report: skipped {msg}", file=sys.stderr)
+    if skipped.total > len(skipped.messages):
+        print(f"pnl_report: ... and {skipped.total - len(skipped.messages)} more", file=sys.stderr)
+    reasons = " ".join(f"{k}={v}" for k, v in sorted(skipped.reasons.items()))
+    print(f"pnl_report: {skipped.total} bad line(s) of {name} skipped, not in the figures: {reasons}",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,10 +536,13 @@ def main(argv: list[str] | None = None) -> int:
             asset, _, quote = key.partition("/")
             fee_prices[(asset, quote or None)] = px
         info = read_exchange_info(args.exchange_info) if args.exchange_info else None
-        report = run(args.trades, args.method, marks, fee_prices, info)
+        skipped = None if args.strict else Skipped()
+        report = run(args.trades, args.method, marks, fee_prices, info, skipped=skipped)
     except ConfigError as exc:
         print(f"pnl_report: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if skipped is not None and skipped.total:
+        report_skipped(skipped, args.trades.name)
     for s in sorted(set(marks) - set(report)):
         print(f"pnl_report: --mark {s}: no trades for that symbol (ignored)", file=sys.stderr)
     if args.json:

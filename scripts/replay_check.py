@@ -14,6 +14,12 @@ applied diff's top against the latest bookTicker whose ``u <= diff.u``), and
 rebuilt bars that match / do not match the recorded klines whose trades the
 recording fully covers. A recording without a snapshot never yields a valid
 book. Exit status 1 if any chain break went unnoticed or a book crossed.
+
+Hostile input in a recording (``core.hostile``) changes none of those
+figures: a line that is no recording line is counted by the reader
+(``skipped lines``), a frame the decoder refuses by kind (``decode errors``),
+and both are printed below the table when there are any (on stderr with
+``--json``, whose stdout stays the figures alone).
 """
 
 from __future__ import annotations
@@ -33,16 +39,16 @@ configure()  # before numba is imported: the keyed cache dir
 import orjson  # noqa: E402
 
 from core.book_replay import FIGURES, check_session, load_session  # noqa: E402
-from core.recordings import iter_frames, iter_recording_dir  # noqa: E402
+from core.recordings import ReaderStats, iter_frames, iter_recording_dir  # noqa: E402
 
 
-def _frames(paths: list[str], venue: str):
+def _frames(paths: list[str], venue: str, stats: ReaderStats):
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            yield from iter_recording_dir(path, venue)
+            yield from iter_recording_dir(path, venue, stats)
         else:
-            yield from iter_frames(path)
+            yield from iter_frames(path, stats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.recording:
         if not Path(p).exists():
             ap.error(f"--recording {p}: no such file or folder")
-    session = load_session(_frames(args.recording, args.venue))
+    stats = ReaderStats()
+    session = load_session(_frames(args.recording, args.venue, stats))
     if not session.symbols:
         print("no market data found in the recording", file=sys.stderr)
         return 2
@@ -81,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
         for r in rows:
             print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
-        if session.decode_errors:
-            print(f"decode errors: {session.decode_errors}")
+    drops = sys.stderr if args.json else sys.stdout
+    if stats.skipped:
+        print(f"skipped lines: {dict(sorted(stats.reasons.items()))}", file=drops)
+    if session.decode_errors:
+        print(f"decode errors: {dict(sorted(session.decode_errors.items()))}", file=drops)
+    if not args.json:
         for sym, fig in result.items():
             if fig["applied"] == 0 and fig["snapshots_applied"] == 0:
                 print(f"{sym}: no depth snapshot in the recording: the book was never valid (as it must be)")

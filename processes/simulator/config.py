@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from core.errors import ConfigError, FixedPointError
 from core.fixedpoint import from_fixed, to_fixed
+from core.hostile import CLASSES as HOSTILE_CLASSES
 from processes.simulator.accounts import AccountConfig, FeeConfig, parse_accounts
 
 DEFAULT_PORT = 9010  # config/system.json points market_data.ws_url and rest_url here
@@ -109,6 +110,8 @@ class FaultConfig:
     duplicate_probability: float = 0.0  # chance to send a data frame twice
     reorder_probability: float = 0.0  # chance to hold a data frame back behind the next one
     malformed_probability: float = 0.0  # chance to insert a truncated JSON frame before a data frame
+    hostile_probability: float = 0.0  # chance to insert a hostile frame (core.hostile) before a data frame
+    hostile_classes: tuple[str, ...] = ()  # the classes drawn from, uniformly (empty: every one of HOSTILE_CLASSES)
     snapshot_delay_ms: int = 0  # delay before answering GET /api/v3/depth
     snapshot_fail_count: int = 0  # answer the next N depth requests with snapshot_fail_status
     snapshot_fail_status: int = 503  # HTTP status of a failed snapshot
@@ -125,6 +128,7 @@ class FaultConfig:
         {
             "disconnect_after_messages", "disconnect_probability", "gap_probability",
             "duplicate_probability", "reorder_probability", "malformed_probability",
+            "hostile_probability", "hostile_classes",
             "snapshot_delay_ms", "snapshot_fail_count", "snapshot_fail_status",
             "rest_status_sequence", "retry_after_s", "order_fault_sequence", "order_hang_s",
             "order_ack_delay_ms", "clock_skew_ms", "user_event_duplicate_probability",
@@ -151,6 +155,12 @@ class FaultConfig:
         for i, s in enumerate(oseq):
             if s not in ORDER_FAULTS:
                 raise ConfigError(f"{path}.order_fault_sequence[{i}]", f"must be one of {list(ORDER_FAULTS)}, got {s!r}")
+        hcls = d.get("hostile_classes", [])
+        if not isinstance(hcls, (list, tuple)):
+            raise ConfigError(f"{path}.hostile_classes", f"must be a list of class names, got {hcls!r}")
+        for i, c in enumerate(hcls):
+            if c not in HOSTILE_CLASSES:
+                raise ConfigError(f"{path}.hostile_classes[{i}]", f"must be one of {list(HOSTILE_CLASSES)}, got {c!r}")
         return cls(
             disconnect_after_messages=_num(d, "disconnect_after_messages", path, 0, kind=int, lo=0),
             disconnect_probability=_prob(d, "disconnect_probability", path),
@@ -158,6 +168,8 @@ class FaultConfig:
             duplicate_probability=_prob(d, "duplicate_probability", path),
             reorder_probability=_prob(d, "reorder_probability", path),
             malformed_probability=_prob(d, "malformed_probability", path),
+            hostile_probability=_prob(d, "hostile_probability", path),
+            hostile_classes=tuple(hcls),
             snapshot_delay_ms=_num(d, "snapshot_delay_ms", path, 0, kind=int, lo=0, hi=600_000),
             snapshot_fail_count=_num(d, "snapshot_fail_count", path, 0, kind=int, lo=0),
             snapshot_fail_status=fail_status,
@@ -175,6 +187,7 @@ class FaultConfig:
         d = dataclasses.asdict(self)
         d["rest_status_sequence"] = list(self.rest_status_sequence)
         d["order_fault_sequence"] = list(self.order_fault_sequence)
+        d["hostile_classes"] = list(self.hostile_classes)
         return d
 
 

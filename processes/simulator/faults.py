@@ -11,6 +11,16 @@ control replies, pings and serverShutdown are never faulted):
 - gap_probability: drop a depth diff (the client sees ``U > previous u + 1``);
 - malformed_probability: send a truncated JSON text frame before the real one
   (the real frame still follows, so nothing is lost but the client must skip it);
+- hostile_probability: send a hostile frame made from the real one
+  (``core.hostile``: unknown symbol, far past / far future / backwards
+  exchange time, absurd price or qty, wrong types, truncated, oversized,
+  non-UTF-8, valid JSON that is no Binance message) before it, its class
+  drawn uniformly from ``hostile_classes`` (empty: all of
+  ``core.hostile.CLASSES``). The real frame still follows. A non-UTF-8 one
+  goes out as a binary frame: RFC 6455 makes a client fail the connection on
+  a text frame that is not UTF-8, which would test its WebSocket library, not
+  its decoder (Binance clients read binary frames like text ones). Counted
+  in ``hostile`` and ``hostile_by_class``;
 - reorder_probability: hold the frame back and send it after the next one;
 - duplicate_probability: send the frame twice;
 - disconnect_after_messages: after N data frames, close with 1001 "going
@@ -69,8 +79,10 @@ WebSocket API (``/ws-api/v3``, wsapi.py; its docstring says what a client sees):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from core.hostile import CLASSES as HOSTILE_CLASSES
+from core.hostile import hostile_frame
 from processes.simulator.config import FaultConfig
 
 # Binance error bodies for injected REST failures, by HTTP status.
@@ -90,6 +102,10 @@ ACT_ABORT = 1  # drop the TCP connection now
 ACT_CLOSE = 2  # send a close frame (1001) after the frames returned
 
 
+class BinaryFrame(bytes):
+    """A payload to send as a binary WebSocket frame (a hostile one that is not UTF-8); any other is text."""
+
+
 @dataclass
 class FaultStats:
     """Counts of injected faults (all connections), for /sim/stats and heartbeats."""
@@ -98,6 +114,8 @@ class FaultStats:
     duplicates: int = 0
     reorders: int = 0
     malformed: int = 0
+    hostile: int = 0
+    hostile_by_class: dict = field(default_factory=dict)  # class name -> frames inserted
     aborts: int = 0
     closes: int = 0
     rest_faults: int = 0
@@ -128,6 +146,8 @@ class ConnectionFaults:
         if self._hit(f.malformed_probability):
             self.stats.malformed += 1
             out.append(frame[: max(1, len(frame) // 2)])
+        if self._hit(f.hostile_probability):
+            out.append(self.hostile(f, frame))
         if self.held is None and self._hit(f.reorder_probability):
             self.stats.reorders += 1
             self.held = frame
@@ -145,6 +165,17 @@ class ConnectionFaults:
             self.stats.closes += 1
             return ACT_CLOSE
         return ACT_SEND
+
+    def hostile(self, f: FaultConfig, frame: bytes) -> bytes:
+        """A hostile frame made from ``frame`` (class drawn from ``f.hostile_classes``), counted."""
+        cls, payload = hostile_frame(self.rng, frame, self.rng.choice(f.hostile_classes or HOSTILE_CLASSES))
+        self.stats.hostile += 1
+        self.stats.hostile_by_class[cls] = self.stats.hostile_by_class.get(cls, 0) + 1
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return BinaryFrame(payload)
+        return payload
 
     def flush(self, out: list[bytes]) -> None:
         """End of a batch: a held-back frame goes out now rather than waiting for more data."""

@@ -55,6 +55,7 @@ from processes.simulator.config import FaultConfig, SimulatorConfig, SymbolSpec,
 from processes.simulator.faults import (
     ACT_ABORT,
     ACT_CLOSE,
+    BinaryFrame,
     ConnectionFaults,
     FaultStats,
     order_fault_body,
@@ -163,7 +164,7 @@ class WsClient:
                 if faulty and action != ACT_ABORT:
                     self.faults.flush(out)
                 for frame in out:
-                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    await ws.send_frame(frame, WSMsgType.BINARY if type(frame) is BinaryFrame else WSMsgType.TEXT)
                 self.frames_sent += len(out)
                 self.hub.stats["frames_sent"] += len(out)
                 out.clear()
@@ -277,6 +278,7 @@ class Hub:
         return bool(
             f.disconnect_after_messages or f.disconnect_probability or f.gap_probability
             or f.duplicate_probability or f.reorder_probability or f.malformed_probability
+            or f.hostile_probability
         )  # fmt: skip
 
     def subscriptions_changed(self) -> None:

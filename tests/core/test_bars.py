@@ -149,3 +149,58 @@ def test_bar_closed_by_a_trade_comes_before_that_trade():
     e = BookEngine(BookConfig(n_symbols=1, bar_intervals_ms=(1000,)))
     ev = e.process_all(np.concatenate([md_trade(0, 1, 5 * S, S, T0), md_trade(0, 2, 6 * S, S, T0 + 1000)]))
     assert ev["kind"].tolist()[1:] == [BK_BAR, 3]
+
+
+# ---------------------------------------------------------------------------
+# time jumps: the work is bounded by the bars, never by how far time moved
+# ---------------------------------------------------------------------------
+def _engine(cap: int = 60) -> BookEngine:
+    return BookEngine(BookConfig(n_symbols=1, bar_intervals_ms=(1000, 60_000), bar_max_empty_run=cap))
+
+
+def test_a_far_future_trade_emits_no_run_of_empty_bars_counts_the_jump_and_resynchronises():
+    e = _engine()
+    year = 365 * 86_400_000
+    ev = e.process_all(np.concatenate([md_trade(0, 1, 5 * S, S, T0 + 5),
+                                       md_trade(0, 2, 6 * S, S, T0 + 100 * year)]))  # ~3e9 empty seconds
+    bars = ev[ev["kind"] == BK_BAR]
+    # only the two bars that had the first trade; none of the 3e9 + 5e7 empty intervals
+    assert sorted(bars["bar_interval_ms"].tolist()) == [1000, 60_000]
+    assert e.counters(0)["bar_gaps_capped"] == 2  # one jump per interval
+    row = e.bars[0]
+    assert row["closed"].tolist() == [1, 1], "one step per interval, not one per empty interval"
+    t = T0 + 100 * year
+    assert row["open_ms"].tolist() == [t - t % 1000, t - t % 60_000]  # the bars continue at the new time
+    # and they go on normally from there: the next trade a second later closes the 1 s bar with the jump's trade
+    ev = e.process_all(md_trade(0, 3, 7 * S, S, t + 1000))
+    b = ev[ev["kind"] == BK_BAR]
+    assert len(b) == 1 and (b[0]["bar_open"], b[0]["bar_trades"]) == (6 * S, 1)
+
+
+def test_a_jump_of_exactly_the_cap_still_emits_its_flat_bars_one_more_emits_none():
+    for gap, flat, capped in ((60, 60, 0), (61, 0, 1)):
+        e = BookEngine(BookConfig(n_symbols=1, bar_intervals_ms=(1000,), bar_max_empty_run=60))
+        ev = e.process_all(np.concatenate([md_trade(0, 1, 5 * S, S, T0 + 5),
+                                           md_trade(0, 2, 6 * S, S, T0 + (gap + 1) * 1000 + 5)]))
+        bars = ev[ev["kind"] == BK_BAR]
+        assert len(bars) == 1 + flat and (bars["bar_trades"][1:] == 0).all()
+        assert e.counters(0)["bar_gaps_capped"] == capped
+
+
+def test_a_timer_far_ahead_is_bounded_too_and_a_quiet_market_by_timer_is_never_capped():
+    e = _engine()
+    e.process_all(md_trade(0, 1, 5 * S, S, T0 + 5))
+    for k in range(1, 181):  # three quiet minutes, the timer every second: flat bars one at a time
+        e.on_timer(T0 + k * 1000 + 500)
+    assert e.counters(0)["bar_gaps_capped"] == 0
+    ev = e.on_timer(T0 + 10**12)  # a clock 30 years ahead
+    assert len(ev) <= 2 and e.counters(0)["bar_gaps_capped"] == 2
+
+
+def test_bar_max_empty_run_must_not_be_negative():
+    import pytest
+
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bar_max_empty_run"):
+        BookConfig(n_symbols=1, bar_max_empty_run=-1)

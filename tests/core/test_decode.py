@@ -22,7 +22,7 @@ from core.decode import (
     MAX_RECORDS_PER_FRAME,
     Decoder,
 )
-from core.decode_kernels import MAX_FAST_WHOLE, MAX_INT_DIGITS
+from core.decode_kernels import MAX_FAST_WHOLE, MAX_INT_DIGITS, MAX_PRICE
 from core.errors import ConfigError, RingError
 from core.recordings import KIND_SNAPSHOT, KIND_WS, Frame, iter_frames, iter_recording_dir, iter_session
 from core.records import (
@@ -156,7 +156,7 @@ def test_snapshot_decodes_begin_levels_end(shared_data, dec, out):
 
 
 def test_depth_diff_with_no_levels_keeps_the_id_chain(dec, out):
-    frame = (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":5,"s":"BTCUSDT","U":10,"u":12,'
+    frame = (b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1723161255308,"s":"BTCUSDT","U":10,"u":12,'
              b'"b":[],"a":[]}}')
     assert dec.decode(frame, 7, out) == 1
     assert out[0]["kind"] == MD_DEPTH_NONE and (out[0]["first_id"], out[0]["last_id"]) == (10, 12)
@@ -191,11 +191,13 @@ def _compare(frames, syms) -> tuple[Decoder, int]:
 
 def test_fast_path_equals_reference_on_hftbacktest_eth_2024_and_btc_2023(shared_data):
     d = shared_data / "hftbacktest"
-    frames = list(iter_session([d / "ethusdt_20240808.gz", d / "ethusdt_20240809.gz"]))
-    frames += list(iter_frames(d / "btcusdt_20230405.dat.gz"))
-    dec, checked = _compare(frames, ["ETHUSDT", "BTCUSDT"])
-    assert checked == len(frames) == 33618 + 46126 + 15088
-    assert dec.slow == 0, "every recorded hftbacktest frame is one the fast path handles"
+    # two sessions, two decoders: one decoder fed 2024 then 2023 would (rightly) see its clock go back a year
+    eth = list(iter_session([d / "ethusdt_20240808.gz", d / "ethusdt_20240809.gz"]))
+    btc = list(iter_frames(d / "btcusdt_20230405.dat.gz"))
+    dec_eth, checked_eth = _compare(eth, ["ETHUSDT", "BTCUSDT"])
+    dec_btc, checked_btc = _compare(btc, ["ETHUSDT", "BTCUSDT"])
+    assert checked_eth + checked_btc == len(eth) + len(btc) == 33618 + 46126 + 15088
+    assert dec_eth.slow == dec_btc.slow == 0, "every recorded hftbacktest frame is one the fast path handles"
 
 
 @pytest.mark.parametrize("folder, venue", [
@@ -368,7 +370,11 @@ _any_dec = st.one_of(  # anything: bad numbers, too many places, out of range, "
     st.builds(lambda w, f: f"{w}.{f}", st.integers(0, 10**12), st.text("0123456789", min_size=1, max_size=10)),
     st.text("0123456789.-e", min_size=0, max_size=14),
 )
-_fast_level = st.tuples(_fast_dec, _fast_dec)
+_fast_price = st.one_of(  # a price is > 0 and at most MAX_PRICE (0 and more are absurd_value: the fast path declines)
+    st.builds(lambda w, f: f"{w}.{f}", st.integers(1, MAX_PRICE - 1), st.text("0123456789", min_size=1, max_size=8)),
+    st.integers(1, MAX_PRICE).map(str),
+)
+_fast_level = st.tuples(_fast_price, _fast_dec)
 _MAX_FAST_ID = 10**MAX_INT_DIGITS - 1  # the fast path reads ids of <= 18 digits (Binance's are far shorter)
 _run = Counter()  # tallies of one run of _check_generated_depth_frame, read by the test that runs it
 
@@ -500,3 +506,159 @@ def test_binance_capped_quantity_decodes_to_int64_max(dec, out):
     assert dec.decode(frame, 1, out) == 3
     assert out[1]["qty"] == np.iinfo(np.int64).max
     assert no_errors(dec)
+
+
+# ---------------------------------------------------------------------------
+# hostile input: absurd values, oversized frames, the exchange-time gate, klines
+# ---------------------------------------------------------------------------
+def _trade_at(t_ms: int, tid: int = 3735683259, price: bytes = b"61837.63000000", qty: bytes = b"0.02000000") -> bytes:
+    return (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","q":"%s","T":%d,'
+            b'"m":true,"M":true}}' % (t_ms + 1, tid, price, qty, t_ms))
+
+
+T0 = 1723161255342  # _TRADE's time (2024-08-08)
+S = 1_000_000_000  # 1 s in receive-clock ns
+
+
+@pytest.mark.parametrize("frame, kind", [
+    (_TRADE.replace(b'"p":"61837.63000000"', b'"p":"0.00000000"'), "absurd_value"),
+    (_TRADE.replace(b'"q":"0.02000000"', b'"q":"0"'), "absurd_value"),
+    (_TRADE.replace(b'"p":"61837.63000000"', b'"p":"10000000000.00000001"'), "absurd_value"),
+    (_DEPTH.replace(b'"61838.04000000"', b'"0.0"'), "absurd_value"),
+    (_DEPTH.replace(b'"61838.04000000"', b'"20000000000"'), "absurd_value"),
+    (b'{"u":5,"s":"BTCUSDT","b":"0.00000000","B":"1.0","a":"2.0","A":"1.0"}', "absurd_value"),
+    (_TRADE.replace(b'"q":"0.02000000"', b'"q":"' + b"9" * 5000 + b'"'), "out_of_range"),  # int() refuses 4300+ digits
+    (_TRADE.replace(b'"q":"0.02000000"', b'"q":"NaN"'), "bad_number"),
+    (_TRADE.replace(b'"q":"0.02000000"', b'"q":"1e308"'), "bad_number"),
+    (_TRADE.replace(b'"p":"61837.63000000"', b'"p":1e308'), "bad_field_type"),
+])
+def test_absurd_values_are_counted_by_both_paths_and_skipped(frame, kind):
+    fast, ref = Decoder(["BTCUSDT"]), Decoder(["BTCUSDT"])
+    out = Decoder.new_out()
+    assert fast.decode(frame, 1, out) == 0 == ref.decode_reference(frame, 1, out)
+    assert fast.errors[kind] == ref.errors[kind] == 1 and sum(fast.errors.values()) == 1
+    assert fast.errors["internal_error"] == 0
+
+
+def test_an_empty_book_ticker_side_and_a_removed_depth_level_are_not_absurd(dec, out):
+    assert dec.decode(b'{"u":5,"s":"BTCUSDT","b":"0.00000000","B":"0.00000000","a":"2.0","A":"1.0"}', 1, out) == 2
+    assert dec.decode(_DEPTH, 2, out) == 3 and out[0]["qty"] == 0  # qty 0: the level is removed
+    assert no_errors(dec)
+
+
+def test_oversized_frames_are_dropped_before_they_are_parsed(dec, out):
+    from core.decode import MAX_FRAME_BYTES, MAX_SNAPSHOT_BYTES
+
+    big = _TRADE[:-2] + b',"zz":"' + b"A" * MAX_FRAME_BYTES + b'"}}'
+    assert dec.decode(big, 1, out) == 0
+    assert dec.errors["oversized"] == 1 and dec.fast == dec.slow == 0, "never handed to a parser"
+    snap = b'{"lastUpdateId":5,"bids":[],"asks":[],"zz":"' + b"A" * MAX_SNAPSHOT_BYTES + b'"}'
+    assert dec.decode_snapshot(snap, 0, 1, out) == 0 and dec.errors["oversized"] == 2
+    assert dec.decode(_TRADE, 2, out) == 1
+
+
+def _gate_run(dec: Decoder, steps) -> list[int]:
+    """Decode (exchange ms, receive ns) trades in order; the record counts."""
+    out = Decoder.new_out()
+    return [dec.decode(_trade_at(t, 1000 + i), recv, out) for i, (t, recv) in enumerate(steps)]
+
+
+def test_time_gate_drops_one_far_future_and_one_backwards_frame_and_keeps_the_stream():
+    dec = Decoder(["BTCUSDT"])
+    got = _gate_run(dec, [(T0, 0), (T0 + 100, S // 10), (T0 + 86_400_000, S // 5), (T0 + 300, 3 * S // 10),
+                          (T0 - 3_600_000, 4 * S // 10), (T0 + 500, S // 2)])
+    assert got == [1, 1, 0, 1, 0, 1]
+    assert dec.errors["time_ahead"] == 1 and dec.errors["time_behind"] == 1 and dec.time_reanchors == 0
+
+
+def test_time_gate_lets_a_quiet_market_through_and_a_little_disorder():
+    dec = Decoder(["BTCUSDT"])
+    # 10 minutes without a frame: the receive clock says 10 minutes passed; a trade 200 ms older than the last
+    got = _gate_run(dec, [(T0, 0), (T0 + 600_000, 600 * S), (T0 + 599_800, 600 * S + 1000)])
+    assert got == [1, 1, 1] and no_errors(dec)
+
+
+def test_time_gate_moves_to_a_new_clock_after_agreeing_frames_a_replay_of_another_day():
+    from core.decode import REANCHOR_FRAMES
+
+    dec = Decoder(["BTCUSDT"])
+    day = 86_400_000
+    steps = [(T0, 0)] + [(T0 - 400 * day + 100 * i, (i + 1) * S // 10) for i in range(REANCHOR_FRAMES + 3)]
+    got = _gate_run(dec, steps)
+    assert got == [1] + [0] * (REANCHOR_FRAMES - 1) + [1] * 4
+    assert dec.errors["time_behind"] == REANCHOR_FRAMES - 1 and dec.time_reanchors == 1
+
+
+def test_time_gate_hostile_first_frames_interleaved_with_good_ones_never_move_it():
+    dec = Decoder(["BTCUSDT"])
+    steps = []
+    for i in range(40):  # good, far future, good, far past, ...: the bad ones never agree in a row
+        steps.append((T0 + 100 * i, i * S))
+        steps.append((T0 + (1 if i % 2 else -1) * (10 + i) * 86_400_000, i * S + 1))
+    got = _gate_run(dec, steps)
+    assert got == [1, 0] * 40 and dec.time_reanchors == 0
+
+
+def test_time_gate_against_a_known_wall_clock():
+    wall = 1_800_000_000_000  # the receive clock + offset, ms
+    dec = Decoder(["BTCUSDT"], recv_wall_offset_ns=wall * 1_000_000, wall_behind_ms=60_000)
+    out = Decoder.new_out()
+    # a first frame far ahead of the wall clock never becomes the reference (no event comes from the future)
+    assert dec.decode(_trade_at(wall + 3_600_000), 0, out) == 0 and dec.errors["time_ahead"] == 1
+    assert dec.decode(_trade_at(wall - 3_600_000), 0, out) == 0 and dec.errors["time_behind"] == 1
+    assert dec.decode(_trade_at(wall - 500), 0, out) == 1
+    # without a bound behind (a live feed that may be replayed an old recording), old times are fine
+    live = Decoder(["BTCUSDT"], recv_wall_offset_ns=wall * 1_000_000)
+    assert live.decode(_trade_at(T0), 0, out) == 1 and no_errors(live)
+    # before 2017 and after 2100 are always wrong, whatever the clocks, even as the first frame
+    first = Decoder(["BTCUSDT"])
+    assert first.decode(_trade_at(4_102_444_800_001, 5), 0, out) == 0 and first.errors["time_ahead"] == 1
+    assert first.decode(_trade_at(1_483_228_799_999, 6), 0, out) == 0 and first.errors["time_behind"] == 1
+    assert first.decode(_trade_at(T0, 7), 0, out) == 1
+
+
+def test_time_gate_skips_a_book_ticker_without_time_and_rejects_a_bad_one_with_time(dec, out):
+    ticker = b'{"u":5,"s":"BTCUSDT","b":"1.0","B":"1.0","a":"2.0","A":"1.0"}'
+    assert dec.decode(_TRADE, 0, out) == 1
+    assert dec.decode(ticker, 1, out) == 2
+    assert dec.decode(ticker.replace(b'{"u"', b'{"E":%d,"u"' % (T0 + 86_400_000)), 2, out) == 0
+    assert dec.errors["time_ahead"] == 1
+
+
+def test_time_rejections_agree_on_both_paths_and_through_decode_publish(instance):
+    from ringbuffers.ring import Ring, segment_name
+
+    frames = [_trade_at(T0, 1), _trade_at(T0 + 86_400_000, 2), _trade_at(T0 + 10, 3),
+              _trade_at(T0 - 7 * 86_400_000, 4), _trade_at(T0 + 20, 5)]
+    spaced = [f.replace(b'"e":"trade",', b'"e": "trade",') for f in frames]  # the reference path
+    ring = Ring.create(segment_name(instance, "md"), MD_EVENT, capacity=1 << 14, consumers=1, policy="block")
+    try:
+        for batch in (frames, spaced):
+            fast, pub = Decoder(["BTCUSDT"]), Decoder(["BTCUSDT"])
+            out = Decoder.new_out()
+            got = [fast.decode(f, i * S, out) for i, f in enumerate(batch)]
+            published = [pub.decode_publish(f, i * S, ring) for i, f in enumerate(batch)]
+            assert got == published == [1, 0, 1, 0, 1]
+            assert fast.errors == pub.errors and fast.errors["time_ahead"] == fast.errors["time_behind"] == 1
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_decode_kline_checks_like_a_stream_frame(shared_data):
+    frames = [f for f in iter_recording_dir(shared_data / "cryptofeed" / "2021-04-04_2997020")
+              if b'"e":"kline"' in f.payload]
+    dec = Decoder(["BTCUSDT", "ETHUSDT", "DOTUSDT"])
+    k = dec.decode_kline(frames[0].payload, frames[0].recv_ns)
+    assert k is not None and k["interval"] == "1m" and k["t"] % 60_000 == 0 and k["T"] == k["t"] + 59_999
+    assert no_errors(dec)
+    body = orjson.loads(frames[0].payload)
+    for mutate, kind in ((lambda d: d["data"]["k"].update(o="0"), "absurd_value"),
+                         (lambda d: d["data"]["k"].update(v="-1"), "negative_qty"),
+                         (lambda d: d["data"]["k"].update(t="1"), "bad_field_type"),
+                         (lambda d: d["data"].update(s="XRPUSDT"), "unknown_symbol"),
+                         (lambda d: d["data"].update(E=d["data"]["E"] + 86_400_000), "time_ahead")):
+        d = orjson.loads(orjson.dumps(body))
+        mutate(d)
+        assert dec.decode_kline(orjson.dumps(d), frames[0].recv_ns) is None
+        assert dec.errors[kind] == 1, kind

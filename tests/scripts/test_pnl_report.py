@@ -3,8 +3,10 @@
 What a user relies on: the figures equal a hand / ``Fraction`` computation of
 the documented rules for FIFO, LIFO and average (commissions in base, quote
 and BNB, zero crossings, several symbols, unsorted input); JSON lines and a
-JSON array give the same report; bad input is one message naming the line
-(or the symbol) and exit 2, never a traceback.
+JSON array give the same report; a bad line is skipped and counted, named on
+stderr, and changes no figure (hostile input of every class); with
+``--strict`` it is one message naming the line (or the symbol) and exit 2,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -25,14 +29,18 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 import pnl_report  # noqa: E402  (configures the numba cache before numba loads)
+from core.hostile import CLASSES  # noqa: E402
 
 E8 = Fraction(1, 10**8)
+
+
+T0_MS = 1_700_000_000_000  # trade times are real ones (the report refuses times before Binance opened)
 
 
 def trade(symbol, tid, price, qty, commission, asset, time_ms, is_buyer):
     return {"symbol": symbol, "id": tid, "orderId": tid * 10, "price": price, "qty": qty,
             "quoteQty": str(Decimal(price) * Decimal(qty)), "commission": commission, "commissionAsset": asset,
-            "time": time_ms, "isBuyer": is_buyer, "isMaker": False, "isBestMatch": True}
+            "time": T0_MS + time_ms, "isBuyer": is_buyer, "isMaker": False, "isBestMatch": True}
 
 
 def write_lines(path: Path, trades) -> Path:
@@ -46,7 +54,8 @@ def report(capsys, *argv) -> dict:
 
 
 def bad(capsys, *argv) -> str:
-    assert pnl_report.main(list(map(str, argv))) == 2
+    """--strict: the first bad line is exit 2 (by default it is skipped: see the hostile-input tests)."""
+    assert pnl_report.main([*map(str, argv), "--strict"]) == 2
     cap = capsys.readouterr()
     assert cap.out == "" and "Traceback" not in cap.err
     return cap.err
@@ -235,7 +244,7 @@ def realistic_history(seed: int = 11, per_symbol: int = 80) -> list[dict]:
     rng = random.Random(seed)
     out, tid = [], 1000
     for sym, (base, quote) in ASSETS.items():
-        px, pos, t_ms = START[sym], Decimal(0), 1_700_000_000_000
+        px, pos, t_ms = START[sym], Decimal(0), 0  # (trade() adds T0_MS)
         n = 0
         while n < per_symbol:
             buy = rng.random() < (0.5 if pos == 0 else (0.3 if pos > 0 else 0.7))
@@ -302,7 +311,7 @@ def test_real_trades_and_exchange_info(shared_data, tmp_path, capsys):
         q, px = Decimal(p["qty"]), Decimal(p["price"])
         c = (q if buy else q * px) * Decimal("0.001")
         mine.append(trade("BTCUSDT", p["id"], p["price"], p["qty"], f"{c.quantize(Decimal('0.00000001')):.8f}",
-                          "BTC" if buy else "USDT", p["time"], buy))
+                          "BTC" if buy else "USDT", p["time"] - T0_MS, buy))
     f = write_lines(tmp_path / "real.jsonl", mine)
     for method in ("fifo", "lifo", "average"):
         got = report(capsys, "--trades", f, "--method", method, "--exchange-info",
@@ -385,7 +394,77 @@ def test_duplicate_trade_id_and_bad_options_exit_2(tmp_path, capsys):
 def test_command_line_exit_2_without_traceback(tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_text(json.dumps(HAND[0]) + "\n{\"symbol\": \"BTCUSDT\", \"id\": \n")
-    p = subprocess.run([sys.executable, str(SCRIPTS / "pnl_report.py"), "--trades", str(f), "--method", "fifo"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, str(SCRIPTS / "pnl_report.py"), "--trades", str(f), "--method", "fifo",
+                        "--strict"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "t.jsonl line 2:" in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------------
+# Hostile lines (core.hostile, made from real rows): skipped, counted, named, and no figure changes
+# ---------------------------------------------------------------------------
+def _splice_rows(rows: list[dict], plan, seed: int) -> tuple[list[bytes], int]:
+    from core.hostile import hostile_frame
+
+    rng = random.Random(seed)
+    lines = [json.dumps(r).encode() for r in rows]
+    out = list(lines)
+    for cls, pick, place in plan:
+        _, bad = hostile_frame(rng, lines[pick % len(lines)], cls)
+        out.insert(place % (len(out) + 1), bad)
+    return out, len(plan)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.sampled_from(CLASSES), st.integers(0, 2**31), st.integers(0, 2**31)),
+                     min_size=1, max_size=25),
+       seed=st.integers(0, 2**32 - 1))
+def test_hostile_lines_are_skipped_and_counted_and_change_no_figure(tmp_path, plan, seed):
+    rows = realistic_history(per_symbol=30)
+    clean = write_lines(tmp_path / "clean.jsonl", rows)
+    want = pnl_report.run(clean, "fifo", skipped=pnl_report.Skipped())
+    lines, inserted = _splice_rows(rows, plan, seed)
+    f = tmp_path / "hostile.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    skipped = pnl_report.Skipped()
+    assert pnl_report.run(f, "fifo", skipped=skipped) == want
+    assert skipped.total == inserted, skipped.reasons
+    assert all(m.startswith("hostile.jsonl line ") for m in skipped.messages)
+
+
+def test_skipped_lines_are_named_on_stderr_and_the_report_is_written(tmp_path, capsys):
+    from core.hostile import hostile_frame
+
+    rows = [json.dumps(t).encode() for t in HAND]
+    rng = random.Random(3)
+    lines = [rows[0], hostile_frame(rng, rows[1], "absurd_price")[1], rows[1],
+             hostile_frame(rng, rows[2], "non_utf8")[1], rows[2], hostile_frame(rng, rows[0], "unknown_symbol")[1],
+             hostile_frame(rng, rows[0], "oversized")[1], b'{"symbol": "BTCUSDT", "id": 1']
+    f = tmp_path / "t.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    assert pnl_report.main(["--trades", str(f), "--method", "fifo", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out) == report(capsys, "--trades", write_lines(tmp_path / "c.jsonl", HAND), "--method",
+                                         "fifo")
+    err = cap.err
+    for line_no in (2, 4, 6, 7, 8):
+        assert f"skipped t.jsonl line {line_no}:" in err
+    assert "5 bad line(s) of t.jsonl skipped" in err and "Traceback" not in err
+    assert "unknown_symbol=1" in err and "oversized=1" in err and "not_utf8=1" in err and "not_json=1" in err
+
+
+def test_hostile_elements_of_a_json_array_are_skipped_too(tmp_path, capsys):
+    from core.hostile import hostile_frame
+
+    rng = random.Random(5)
+    elements = []
+    for t in HAND:
+        for cls in ("absurd_qty", "wrong_types", "ts_far_future", "valid_json_not_binance"):
+            elements.append(json.loads(hostile_frame(rng, json.dumps(t).encode(), cls)[1]))
+        elements.append(t)
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(elements, indent=1))
+    skipped = pnl_report.Skipped()
+    assert pnl_report.run(f, "lifo", skipped=skipped) == pnl_report.run(write_lines(tmp_path / "c.jsonl", HAND),
+                                                                        "lifo", skipped=pnl_report.Skipped())
+    assert skipped.total == 4 * len(HAND)
