@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The fault campaign: the whole system, trading, against one injected fault at a time; then an audit.
 
-    .venv/bin/python scripts/chaos.py [--quick] [--scenario NAME[,NAME]] [--json [PATH]] [--keep] [-v]
+    .venv/bin/python scripts/chaos.py [--quick] [--scenario NAME[,NAME]] [--json [PATH]] [--seed N]
+                                      [--param SCENARIO.KEY=JSON] [--keep] [-v] [--list]
 
 Each scenario is one (or a few) fresh runs of ``python -m processes.supervisor``
 with the ``every_n`` strategy (a BUY, then a CLOSE, on every few top-of-book
@@ -761,12 +762,18 @@ class System:
     def _finish(self) -> None:
         self._stop_scan.set()
         self._reader.join(10)
+        self.summary()  # read now: the run's directory is removed after the audit
+
+    _summary: dict | None = None
 
     def summary(self) -> dict | None:
-        try:
-            return json.loads(self.summary_path.read_text())
-        except (OSError, ValueError):
-            return None
+        """The summary JSON of a run that ended (None while it runs, or when it wrote none: killed)."""
+        if self._summary is None and self.exit_code is not None:
+            try:
+                self._summary = json.loads(self.summary_path.read_text())
+            except (OSError, ValueError):
+                return None
+        return self._summary
 
     def tracebacks(self) -> list[str]:
         """Tracebacks in the run's output: the supervisor's own (JSON ``exc``) and any printed ones."""
@@ -1209,8 +1216,8 @@ def read_journal(path: Path) -> tuple[list[dict], list[dict]]:
     try:
         con.row_factory = sqlite3.Row
         orders = [dict(r) for r in con.execute(
-            "SELECT client_order_id, cid, action, symbol, side, qty, state, sent_ns, decided_ns, signal_id, origin "
-            "FROM orders")]
+            "SELECT client_order_id, cid, action, symbol, side, qty, state, sent_ns, decided_ns, ack_ns, signal_id, "
+            "origin FROM orders")]
         fills = [dict(r) for r in con.execute(
             "SELECT symbol, trade_id, client_order_id, side, px, qty, commission, commission_asset FROM fills")]
     finally:
@@ -1245,7 +1252,7 @@ def sc_feed_disconnect(ctx: Ctx, p: dict) -> list[RunResult]:
             time.sleep(p["every_s"])
             faults.append(time.monotonic_ns())
             aborted += t.venue.drop_streams()
-        time.sleep(3.0)
+        time.sleep(2.0)  # the last resync completes
         t.result.faults_seen["disconnects"] = len(faults)
         t.result.faults_seen["connections_aborted"] = aborted
         t.result.recovery_ms = book_recovery_ms(t.monitor.book, faults)
@@ -1323,7 +1330,7 @@ def sc_md_ring_lapped(ctx: Ctx, p: dict) -> list[RunResult]:
             time.sleep(p["stop_s"])
             faults.append(time.monotonic_ns())
             os.kill(pid, signal.SIGCONT)
-        time.sleep(3.0)
+        time.sleep(2.0)  # the last resync completes
         t.result.recovery_ms = book_recovery_ms(t.monitor.book, faults)
         t.result.faults_seen["stops"] = len(faults)
     finally:
@@ -1435,10 +1442,12 @@ def _kill_run(ctx: Ctx, p: dict, placement_name: str) -> RunResult:
         names = [n for n in cfg["placement"] if n != "simulator" and not n.startswith("_")]
         victims = names + ["spare"]
         after_kill = []
-        for _ in range(p["rounds"]):
+        for rnd in range(p["rounds"]):
             for v in victims:
                 if run.p.poll() is not None:
                     break
+                if v == "spare" and rnd < p["rounds"] - p.get("spare_rounds", p["rounds"]):
+                    continue  # the spare is killed in the last spare_rounds rounds only (waiting for it costs)
                 if v == "spare":  # killed once it is warm (a spare that dies before use is replaced)
                     deadline = time.monotonic() + 15
                     while run.spare_pid() is None and time.monotonic() < deadline:
@@ -1638,7 +1647,7 @@ SCENARIOS = [
              quick={"probability": 0.01, "seconds": 6, "at_least": 5},
              full={"probability": 0.01, "seconds": 300, "at_least": 100}),
     Scenario("sequence_gaps", "depth diffs dropped", sc_sequence_gaps,
-             quick={"probability": 0.03, "seconds": 6, "at_least": 2},
+             quick={"probability": 0.05, "seconds": 5, "at_least": 2},
              full={"probability": 0.01, "seconds": 300, "at_least": 20}),
     Scenario("md_ring_lapped", "engine stopped 1.5 s on a small overwrite md ring", sc_md_ring_lapped,
              quick={"capacity": 1024, "laps": 2, "gap_s": 2.0, "stop_s": 1.5},
@@ -1652,7 +1661,8 @@ SCENARIOS = [
              quick={"probability": 0.2, "seconds": 6, "at_least": 3},
              full={"probability": 0.2, "seconds": 300, "at_least": 100}),
     Scenario("kill_processes", "kill -9 of every process (and the spare) under load", sc_kill_processes,
-             quick={"rounds": 2, "interval_s": 1.0, "split": 0}, full={"rounds": 20, "interval_s": 2.0, "split": 20}),
+             quick={"rounds": 2, "spare_rounds": 1, "interval_s": 1.0, "split": 0},
+             full={"rounds": 20, "interval_s": 2.0, "split": 20}),
     Scenario("kill_supervisor", "kill -9 of the supervisor, then a restart", sc_kill_supervisor,
              quick={"kills": 1, "seconds": 3, "after_s": 3}, full={"kills": 5, "seconds": 20, "after_s": 20}),
     Scenario("disk_full", "journal and recording on a full tmpfs, then freed", sc_disk_full,
@@ -1737,6 +1747,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep each run's directory (configs, logs, journal)")
     ap.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    ap.add_argument("--param", action="append", default=[], metavar="SCENARIO.KEY=JSON",
+                    help="override one parameter of a scenario's preset, e.g. kill_processes.rounds=5 (repeatable)")
     ap.add_argument("--seed", type=int, default=None,
                     help="campaign seed (each run's simulator seed derives from it; default: random, reported)")
     args = ap.parse_args(argv)
@@ -1749,6 +1761,16 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown scenario(s) {unknown}; --list shows them")
     chosen = [s for s in SCENARIOS if not names or s.name in names]
+    overrides: dict[str, dict] = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        sc_name, _, k = key.partition(".")
+        if sc_name not in {s.name for s in SCENARIOS} or not k or not value:
+            ap.error(f"--param {item!r}: expected SCENARIO.KEY=JSON with a known scenario")
+        try:
+            overrides.setdefault(sc_name, {})[k] = json.loads(value)
+        except ValueError:
+            ap.error(f"--param {item!r}: the value is not JSON")
     ensure_compiled(str(BASE_CONFIG))  # one process compiles; the runs only load (core.numba_cache)
     ctx = Ctx(args.quick, args.keep, args.verbose, args.seed)
     t0 = time.monotonic()
@@ -1757,7 +1779,7 @@ def main(argv=None) -> int:
         for sc in chosen:
             ctx.say(f"scenario {sc.name} ({'quick' if args.quick else 'full'})")
             try:
-                runs = sc.fn(ctx, sc.quick if args.quick else sc.full)
+                runs = sc.fn(ctx, {**(sc.quick if args.quick else sc.full), **overrides.get(sc.name, {})})
             except Exception as exc:  # noqa: BLE001 - a scenario that could not run fails, the others go on
                 import traceback
 
