@@ -345,7 +345,13 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float | None:
     return num / den * 60 / 1024
 
 
-def analyse(samples: list[dict], warmup_s: float) -> list[dict]:
+def analyse(samples: list[dict], warmup_s: float, own_warmup_s: float = 0.0) -> list[dict]:
+    """One row per process (``name#pid``): RSS from its warm-up to the end, growth, slopes, fds.
+
+    A process's warm-up ends ``warmup_s`` into the run, or ``own_warmup_s`` after it first appears under its
+    name when that is later (a restarted worker, a spare that took a crashed worker's place): loading a stage
+    is not growth.
+    """
     rows: dict[str, dict] = {}
     for s in samples:
         for key, p in s["procs"].items():
@@ -358,13 +364,14 @@ def analyse(samples: list[dict], warmup_s: float) -> list[dict]:
             r["max_fds"] = max(r["max_fds"], p["fds"] or 0)
     out = []
     for key, r in rows.items():
-        post = [(t, v) for t, v in r["pts"] if t >= warmup_s]
-        post_anon = [(t, v) for t, v in r["anon"] if t >= warmup_s]
+        warm = max(warmup_s, r["first_t"] + own_warmup_s) if r["first_t"] > samples[0]["t"] else warmup_s
+        post = [(t, v) for t, v in r["pts"] if t >= warm]
+        post_anon = [(t, v) for t, v in r["anon"] if t >= warm]
         start = post[0][1] if post else None
         end = post[-1][1] if post else r["pts"][-1][1]
         out.append({
             "process": key, "name": r["name"], "pid": r["pid"], "samples": len(r["pts"]),
-            "samples_after_warmup": len(post),
+            "samples_after_warmup": len(post), "warm_from_s": warm,
             "rss_warm_mb": round(start / 1024, 1) if start is not None else None,
             "rss_end_mb": round(end / 1024, 1),
             "growth_pct": round((end - start) / start * 100, 2) if start else None,
@@ -540,7 +547,7 @@ def main(argv=None) -> int:
     if args.plot_from:  # a saved run: its tables and verdict again (this version's analysis), and the picture
         doc = json.loads(Path(args.plot_from).read_text())
         warm_from = (doc.get("ready_s") or 0) + doc["warmup_s"]
-        rows = analyse(doc["samples"], warm_from)
+        rows = analyse(doc["samples"], warm_from, doc["warmup_s"])
         drift = latency_drift(doc["samples"], warm_from)
         print(table(rows, [(x["t"], x["shm_bytes"]) for x in doc["samples"]], warm_from))
         if drift:
@@ -629,7 +636,7 @@ def main(argv=None) -> int:
     # warm-up counts from "all workers ready" when the log says so (a slow start is not growth)
     ready_s = round(tracker.ready_t - t0, 2) if tracker.ready_t is not None else 0.0
     warm_from = ready_s + args.warmup_s
-    rows = analyse(samples, warm_from)
+    rows = analyse(samples, warm_from, args.warmup_s)
     print(f"soak: {args.config} instance={args.instance} {args.minutes} min, sample {args.sample_s} s, "
           f"warm-up {args.warmup_s} s after ready at {ready_s} s, supervisor exit {rc}, {tracker.events} log events, "
           f"{len(tracker.warnings)} warnings")
