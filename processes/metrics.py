@@ -101,6 +101,17 @@ Signal, risk and execution stages (from their heartbeat counters):
 ``ringtrader_venue_rate_limited_total``            counter    {status} venue answers 429 (paused) and 418 (banned)
 ``ringtrader_books``                               gauge      order books kept by the book stage
 ``ringtrader_books_valid``                         gauge      order books in sync with the venue
+``ringtrader_feed_frames_total``                   counter    market-data frames the feed received
+``ringtrader_feed_frames_rejected_total``          counter    frames the decoder dropped: malformed, hostile
+                                                              (unknown symbol, absurd value or time, wrong
+                                                              type, oversized), counted, never published
+``ringtrader_feed_disconnects_total``              counter    market-stream connections lost
+``ringtrader_feed_snapshot_failures_total``        counter    REST depth snapshots that failed
+``ringtrader_book_resyncs_total``                  counter    books rebuilt from a snapshot (gap, lap, reconnect)
+``ringtrader_book_chain_breaks_total``             counter    depth diffs that broke the update-id chain
+``ringtrader_book_md_lost_total``                  counter    md records lost to a lapped book stage
+``ringtrader_book_bar_gaps_capped_total``          counter    bar intervals skipped after a time jump over
+                                                              ``bar_max_empty_run`` empty ones
 =================================================  =========  ==============================================
 
 P&L families carry every method: risk reports ``pnl.<method>.<kind>.<SYMBOL>``
@@ -178,6 +189,7 @@ class ViewCollector(Collector):
         yield from _risk_metrics(view.get("risk") or {}, view.get("pnl_method") or "")
         yield from _execution_metrics(view.get("execution") or {}, view.get("feed") or {}, self.legacy_names)
         yield from _book_metrics(view.get("book") or {})
+        yield from _feed_health_metrics(view.get("feed") or {}, view.get("book") or {})
 
 
 class RingtraderCollector(ViewCollector):
@@ -431,6 +443,30 @@ def _book_metrics(book: dict):
         yield GaugeMetricFamily(PREFIX + "books", "Order books kept by the book stage", value=book["books"])
         yield GaugeMetricFamily(PREFIX + "books_valid", "Order books in sync with the venue (snapshot + diffs)",
                                 value=book.get("books_valid", 0))
+
+
+#: (stage, counter, family, help) of the feed's and the book's health counters (folded across restarts)
+_HEALTH = (
+    ("feed", "frames", "feed_frames", "Market-data frames the feed received"),
+    ("feed", "decode_errors_total", "feed_frames_rejected", "Frames the decoder dropped (malformed or hostile: "
+                                                            "unknown symbol, absurd value or time, wrong type, "
+                                                            "oversized)"),
+    ("feed", "disconnects", "feed_disconnects", "Market-stream connections lost"),
+    ("feed", "snapshot_failures", "feed_snapshot_failures", "REST depth snapshots that failed"),
+    ("book", "resyncs", "book_resyncs", "Books rebuilt from a snapshot (a gap, a lap, a reconnect)"),
+    ("book", "chain_breaks", "book_chain_breaks", "Depth diffs that broke the update-id chain"),
+    ("book", "md_lost", "book_md_lost", "md records lost to a lapped book stage"),
+    ("book", "bar_gaps_capped", "book_bar_gaps_capped", "Bar intervals skipped after a time jump over "
+                                                         "bar_max_empty_run empty ones"),
+)
+
+
+def _feed_health_metrics(feed: dict, book: dict):
+    """What the feed and the book dropped, lost or rebuilt: hostile input is counted, and shows here."""
+    stages = {"feed": feed, "book": book}
+    for stage, key, name, doc in _HEALTH:
+        if key in stages[stage]:
+            yield CounterMetricFamily(PREFIX + name, doc, value=stages[stage][key])
 
 
 def _rate_limit_metrics(ex: dict, feed: dict):
