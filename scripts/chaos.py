@@ -1168,11 +1168,10 @@ class Trading:
             res.notes.append("execution did not check positions at its last stop")
         res.position_detail = fm
 
-        for i, run in enumerate(self.runs):
-            segs = segments_left(self.instance)
-            res.segments_left = len(segs)
-            if segs:
-                res.notes.append(f"segments left: {segs}")
+        segs = segments_left(self.instance)
+        res.segments_left = len(segs)
+        if segs:
+            res.notes.append(f"segments left: {segs}")
         time.sleep(0.5)  # orphans are reaped asynchronously
         left = sorted(p for run in self.runs for p in run.pids if alive(p))
         res.processes_left = len(left)
