@@ -111,6 +111,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -479,8 +480,7 @@ def children_of(root: int) -> set[int]:
 def percentiles(xs: list[float]) -> dict:
     if not xs:
         return {"n": 0, "p50": None, "max": None}
-    s = sorted(xs)
-    return {"n": len(s), "p50": round(s[len(s) // 2], 1), "max": round(s[-1], 1)}
+    return {"n": len(xs), "p50": round(statistics.median(xs), 1), "max": round(max(xs), 1)}
 
 
 def book_recovery_ms(book: BookTimeline, fault_ns: list[int], window_ns: int = 5_000_000_000) -> list[float]:
