@@ -910,13 +910,14 @@ class Journal:
         row = self.query("SELECT max(trade_id) FROM fills WHERE symbol = ? AND id > ?", (symbol, start))
         return None if row[0][0] is None else int(row[0][0])
 
-    def order_ids(self, *, epoch: bool = True) -> dict[int, dict]:
-        """Venue order id -> ``{"cid", "symbol", "side", "qty"}`` of this instance's orders (of the current
-        epoch): whose a venue trade is (myTrades carries no client id)."""
+    def order_ids(self, *, epoch: bool = True) -> dict[tuple[str, int], dict]:
+        """(symbol, venue order id) -> ``{"cid", "symbol", "side", "qty"}`` of this instance's orders (of the
+        current epoch): whose a venue trade is (myTrades carries no client id). Venue order ids are per
+        symbol: the same id on two symbols is two orders."""
         start = self.epoch()["order_id"] if epoch else 0
         rows = self.query("SELECT order_id, cid, symbol, side, qty FROM orders WHERE order_id IS NOT NULL "
                           "AND order_id >= 0 AND instance = ? AND id > ?", (self._need_instance(), start))
-        return {int(o): {"cid": int(c), "symbol": s, "side": side, "qty": q} for o, c, s, side, q in rows}
+        return {(s, int(o)): {"cid": int(c), "symbol": s, "side": side, "qty": q} for o, c, s, side, q in rows}
 
     def fills(self, *, epoch: bool = False) -> list[dict]:
         """Every fill (of the current epoch with ``epoch``), in (symbol, exch_ms, trade_id) order."""

@@ -178,7 +178,9 @@ class VenueExecutor:
         self._lock = threading.Lock()
         self._up = False  # the session is up: submit() hands orders to the loop directly
         self._pending: collections.deque = collections.deque()
-        self.known: dict[int, dict] = {}  # venue order id -> the order's key fields, for myTrades (_remember)
+        # (symbol, venue order id) -> the order's key fields, for myTrades (_remember). Venue order ids are per
+        # symbol (BTCUSDT's order 7 and ETHUSDT's order 7 are two orders), on Binance as in the simulator.
+        self.known: dict[tuple[str, int], dict] = {}
         self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
         self.position_check: dict = {}
         self._placing: dict[int, dict] = {}  # cid -> the order's dict while _place_once runs
@@ -227,14 +229,14 @@ class VenueExecutor:
                    "acked_at": now, "restored": o["state"]}
             self.orders[rec["client_order_id"]] = rec
             if o["order_id"] is not None and o["order_id"] >= 0:
-                self._remember(int(o["order_id"]), rec)
+                self._remember(o["symbol"], int(o["order_id"]), rec)
             n += 1
         for f in journal.fills(epoch=True):
             self.seen.add(("trade", f["symbol"], int(f["trade_id"])))
-        for oid, o in journal.order_ids().items():
-            if oid not in self.known and o["symbol"] in self.sym_id and o["qty"] is not None:
-                self._remember(oid, {"client_order_id": o["cid"], "symbol": self.sym_id[o["symbol"]],
-                                     "side": sides.get(o["side"], 0), "qty": int(o["qty"]), "ref_px": 0})
+        for (sym, oid), o in journal.order_ids().items():
+            if (sym, oid) not in self.known and sym in self.sym_id and o["qty"] is not None:
+                self._remember(sym, oid, {"client_order_id": o["cid"], "symbol": self.sym_id[sym],
+                                          "side": sides.get(o["side"], 0), "qty": int(o["qty"]), "ref_px": 0})
         for sym in self.symbols:
             t = journal.last_trade_id(sym)
             if t is not None:
@@ -559,12 +561,12 @@ class VenueExecutor:
     async def _adopt(self, rec: dict, order: dict) -> None:
         """An order the venue has although we never saw its answer: report what the events may have missed."""
         symbol = order["symbol"]
-        self._remember(int(order["orderId"]), rec)
+        self._remember(symbol, int(order["orderId"]), rec)
         trades = await self._read(self.api.my_trades, symbol, orderId=int(order["orderId"]))
         for t in trades:
             self._trade_from_rest(rec, order, t)
         st = STATUSES.get(order.get("status", ""), OS_NEW)
-        key = ("status", int(order["orderId"]), st)
+        key = ("status", symbol, int(order["orderId"]), st)
         if st in FINAL and st != OS_FILLED and key not in self.seen:
             self.seen.add(key)
             self._report(rec, exec_type=EX_CANCELED if st == OS_CANCELED else EX_EXPIRED, status=st,
@@ -577,14 +579,15 @@ class VenueExecutor:
             if o is not None:
                 o["acked_at"] = time.monotonic()  # open at the venue: events (or the sweeper) follow
 
-    def _remember(self, order_id: int, rec: dict) -> None:
-        """``known[order_id]``: the fields a trade report needs (not the whole record), within ``KNOWN_CAP``.
+    def _remember(self, symbol: str, order_id: int, rec: dict) -> None:
+        """``known[(symbol, order_id)]``: the fields a trade report needs (not the whole record), within
+        ``KNOWN_CAP``. Keyed by the symbol too: venue order ids are per symbol.
 
         Beyond the cap the oldest finished orders are forgotten, a batch at a time; open ones stay.
         """
-        if order_id in self.known:
+        if (symbol, order_id) in self.known:
             return
-        self.known[order_id] = {k: rec.get(k, 0) for k in KNOWN_FIELDS}
+        self.known[(symbol, order_id)] = {k: rec.get(k, 0) for k in KNOWN_FIELDS}
         if len(self.known) > KNOWN_CAP + KNOWN_CAP // 8:
             for oid in list(self.known):
                 if len(self.known) <= KNOWN_CAP:
@@ -651,7 +654,7 @@ class VenueExecutor:
                 since = self.last_trade.get(symbol)
                 if since is not None:  # myTrades carries no client id: the order id says whose it is
                     for t in await self._read(self.api.my_trades, symbol, from_id=since + 1):
-                        rec = self.known.get(int(t["orderId"]))
+                        rec = self.known.get((symbol, int(t["orderId"])))
                         if rec is None or ("trade", symbol, int(t["id"])) in self.seen:
                             continue  # not ours (the account's other trades), or reported already
                         rec = self.orders.get(rec["client_order_id"], rec)  # an open order: its live record
@@ -746,7 +749,7 @@ class VenueExecutor:
         if x is None:
             return
         key = ("exec", ev["s"], int(ev.get("I", 0)), int(ev["i"]), ev["x"], int(ev.get("t", -1)))
-        st_key = ("status", int(ev["i"]), STATUSES.get(ev["X"], OS_NEW))
+        st_key = ("status", ev["s"], int(ev["i"]), STATUSES.get(ev["X"], OS_NEW))
         if key in self.seen or (x == EX_TRADE and ("trade", ev["s"], int(ev["t"])) in self.seen) or \
                 (x in (EX_CANCELED, EX_EXPIRED) and st_key in self.seen):
             self.stats["duplicate_events"] += 1
@@ -760,7 +763,7 @@ class VenueExecutor:
         if rec is None:
             self.stats["foreign_events"] += 1
             return
-        self._remember(int(ev["i"]), rec)
+        self._remember(ev["s"], int(ev["i"]), rec)
         st = STATUSES.get(ev["X"], OS_NEW)
         base, quote = self.assets[ev["s"]]
         fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=to_fixed(ev["z"]),

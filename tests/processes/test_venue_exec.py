@@ -295,10 +295,46 @@ def test_what_the_executor_remembers_per_order_is_bounded_and_open_orders_are_ne
 
     ex = VenueExecutor(system_config("ws://127.0.0.1:9/ws-api/v3", "bounded"))
     ex.orders[7] = {"client_order_id": 7, "symbol": 0, "side": 1, "qty": 5, "state": 0}  # still open
-    ex._remember(1_000, ex.orders[7])  # the oldest entry, but open
+    ex._remember("BTCUSDT", 1_000, ex.orders[7])  # the oldest entry, but open
     for oid in range(1, 3 * KNOWN_CAP):
-        ex._remember(10_000 + oid, {"client_order_id": 100 + oid, "symbol": 0, "side": 1, "qty": 1})
+        ex._remember("BTCUSDT", 10_000 + oid, {"client_order_id": 100 + oid, "symbol": 0, "side": 1, "qty": 1})
         assert len(ex.known) <= KNOWN_CAP + KNOWN_CAP // 8 + 1
-    assert ex.known[1_000]["client_order_id"] == 7  # open: kept however old
-    assert 10_000 + 3 * KNOWN_CAP - 1 in ex.known and 10_001 not in ex.known  # newest kept, oldest finished gone
-    assert set(ex.known[1_000]) == set(venue_exec.KNOWN_FIELDS)  # a few fields, not the whole record
+    assert ex.known[("BTCUSDT", 1_000)]["client_order_id"] == 7  # open: kept however old
+    newest, oldest = ("BTCUSDT", 10_000 + 3 * KNOWN_CAP - 1), ("BTCUSDT", 10_001)
+    assert newest in ex.known and oldest not in ex.known  # newest kept, oldest finished gone
+    assert set(ex.known[("BTCUSDT", 1_000)]) == set(venue_exec.KNOWN_FIELDS)  # a few fields, not the whole record
+
+
+def test_venue_order_ids_are_per_symbol_a_missed_fill_goes_to_the_order_of_its_own_symbol():
+    """BTCUSDT's order 1 and ETHUSDT's order 1 are two orders (Binance numbers orders per symbol, and so does
+    the simulator). A BTCUSDT fill the user-data stream missed, found in myTrades by reconciliation, must be
+    reported for the BTCUSDT order: keyed by the order id alone, it went to whichever order 1 was remembered
+    first, under the other symbol (scripts/chaos.py order_timeouts: journal and venue positions differed).
+    And a cancel of one order must not hide the other's cancel as a duplicate event."""
+    ex = VenueExecutor(system_config("ws://127.0.0.1:9/ws-api/v3", "persym"))
+    eth = {"client_order_id": 11, "symbol": 1, "side": 1, "qty": 500_000, "state": OS_NEW}
+    btc = {"client_order_id": 12, "symbol": 0, "side": 1, "qty": 100_000, "state": OS_NEW}
+    ex.orders.update({11: eth, 12: btc})
+    ex._remember("ETHUSDT", 1, eth)  # ETHUSDT's order 1 first
+    ex._remember("BTCUSDT", 1, btc)
+    ex.last_trade.update({"BTCUSDT": 40, "ETHUSDT": 40})
+    trade = {"symbol": "BTCUSDT", "id": 41, "orderId": 1, "price": "60000", "qty": "0.001", "commission": "0",
+             "commissionAsset": "USDT", "isMaker": False, "time": 1}
+
+    class Api:
+        async def open_orders(self, symbol):
+            return []
+
+        async def my_trades(self, symbol, from_id=None, orderId=None):
+            return [trade] if symbol == "BTCUSDT" else []
+
+    ex.api = Api()
+    asyncio.run(ex._reconcile("test"))
+    (rep,) = list(ex.reports)
+    assert (rep["client_order_id"], rep["symbol"], rep["trade_id"], rep["last_qty"]) == (12, 0, 41, 100_000)
+    for sym, cid in (("BTCUSDT", 12), ("ETHUSDT", 11)):  # both orders canceled: two events, neither a duplicate
+        ex._on_event({"e": "executionReport", "x": "CANCELED", "X": "CANCELED", "s": sym, "i": 1,
+                      "c": f"persym-{cid}", "C": f"persym-{cid}", "z": "0", "Z": "0", "T": 2})
+    assert [(r["client_order_id"], r["exec_type"]) for r in list(ex.reports)[1:]] == [(12, EX_CANCELED),
+                                                                                       (11, EX_CANCELED)]
+    assert ex.stats["duplicate_events"] == 0
