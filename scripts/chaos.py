@@ -1395,10 +1395,10 @@ def sc_order_timeouts(ctx: Ctx, p: dict) -> list[RunResult]:
         t.start(system_config(ctx, t.instance, t.venue, t.dir, edits={"execution.order_timeout_ms": 1000}))
         seq = []
         for _ in range(p["rounds"]):
-            seq += ["hang", "ok", "drop", "ok", "ok"]
+            seq += ["hang", "ok", "drop", "ok", "drop", "ok"]  # a drop also loses the session's other events
         t.venue.fault(order_fault_sequence=seq)
         deadline = time.monotonic() + p["seconds"]
-        while time.monotonic() < deadline and t.venue.count("faults", "order_faults") < 2 * p["rounds"]:
+        while time.monotonic() < deadline and t.venue.count("faults", "order_faults") < 3 * p["rounds"]:
             time.sleep(0.5)
         time.sleep(4.0)  # the last hang's answer comes, unknown outcomes settle
     finally:
@@ -1406,6 +1406,7 @@ def sc_order_timeouts(ctx: Ctx, p: dict) -> list[RunResult]:
     ex = _counters(t.runs[0], "execution")
     res.faults_seen["unknown_outcomes"] = ex.get("venue_unknown_outcomes")
     res.faults_seen["adopted"] = ex.get("venue_adopted")
+    res.faults_seen["fills_found_by_reconciliation"] = ex.get("venue_reconcile_missed_fills", 0)
     res.evidence["unknown outcomes"] = bool(ex.get("venue_unknown_outcomes"))
     return [res]
 
