@@ -548,6 +548,15 @@ def test_backoff_starts_again_from_the_initial_delay_after_a_healthy_connection(
     assert drops[-1][0] == pytest.approx(base)  # ... and after the healthy connection it started over
 
 
+def test_a_stream_cut_every_10_s_reconnects_from_the_initial_delay_every_time():
+    """The default ``healthy_after_s`` is below the 10 s between cuts of scripts/chaos.py feed_disconnect: each
+    connection counts as healthy, so every reconnect starts from ``reconnect_base_s``. At 30 s the bound
+    doubled on every cut up to the 30 s cap, and the feed stayed down 11-25 s after a cut."""
+    s = FeedSettings(ws_url="ws://x", rest_url="http://x", symbols=("BTCUSDT",))
+    assert s.healthy_after_s < 10.0 <= s.reconnect_cap_s
+    assert s.healthy_after_s >= 2 * s.reconnect_base_s  # a connection dropped at once still backs off
+
+
 def test_backoff_delay_is_full_jitter_under_a_capped_exponential():
     s = FeedSettings(ws_url="ws://x", rest_url="http://x", symbols=("BTCUSDT",), reconnect_base_s=0.5,
                      reconnect_cap_s=30.0)
