@@ -1165,7 +1165,10 @@ class Trading:
         fm["summary_position_mismatches"] = sm
         res.position_mismatches = fm["total"] + int(sm or 0)
         if not checked:
-            res.notes.append("execution did not check positions at its last stop")
+            why = next((str(e.get("msg")) for run in reversed(self.runs) for e in reversed(run.events)
+                        if str(e.get("msg", "")).startswith("shutdown venue checks failed")), "")
+            res.notes.append("execution did not check positions at its last stop" + (f" ({why})" if why else "")
+                             + "; this script's own comparison of fills stands")
         res.position_detail = fm
 
         segs = segments_left(self.instance)
