@@ -736,3 +736,14 @@ def test_ws_answers_the_servers_pings_so_the_session_stays_up():
     connected, stats, sim_stats, _ = running(body, ping_interval_s=0.1, pong_timeout_s=0.5)
     assert connected and stats["disconnects"] == 0
     assert sim_stats["pings_sent"] >= 5 and sim_stats.get("pong_timeouts", 0) == 0
+
+
+def test_a_session_that_lived_a_few_seconds_reconnects_from_the_initial_delay():
+    """As the feed's: a WS API session cut every ~10 s must not climb to the backoff cap each time."""
+    import inspect
+
+    from processes.venue_client import WsApiClient
+
+    p = inspect.signature(WsApiClient.__init__).parameters
+    healthy, base, cap = (p[k].default for k in ("healthy_after_s", "reconnect_base_s", "reconnect_cap_s"))
+    assert healthy < 10.0 <= cap and healthy >= 2 * base
