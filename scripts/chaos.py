@@ -615,23 +615,21 @@ class Venue:
             raise RuntimeError(f"{path}: HTTP {r.status_code} {r.text[:300]}")
         return r.json()
 
-    def all_orders(self, symbol: str) -> list[dict]:
+    def _every_page(self, path: str, symbol: str, from_param: str, id_key: str) -> list[dict]:
+        """Every row of a paged history query (1000 a page, the next page from the last id + 1)."""
         out, start = [], 0
         while True:
-            page = self.signed_get("/api/v3/allOrders", {"symbol": symbol, "orderId": str(start), "limit": "1000"})
+            page = self.signed_get(path, {"symbol": symbol, from_param: str(start), "limit": "1000"})
             out += page
             if len(page) < 1000:
                 return out
-            start = max(o["orderId"] for o in page) + 1
+            start = max(row[id_key] for row in page) + 1
+
+    def all_orders(self, symbol: str) -> list[dict]:
+        return self._every_page("/api/v3/allOrders", symbol, "orderId", "orderId")
 
     def my_trades(self, symbol: str) -> list[dict]:
-        out, start = [], 0
-        while True:
-            page = self.signed_get("/api/v3/myTrades", {"symbol": symbol, "fromId": str(start), "limit": "1000"})
-            out += page
-            if len(page) < 1000:
-                return out
-            start = max(t["id"] for t in page) + 1
+        return self._every_page("/api/v3/myTrades", symbol, "fromId", "id")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
