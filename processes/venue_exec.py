@@ -109,6 +109,14 @@ def _assets(cfg) -> dict[str, tuple[str, str]]:
     return out
 
 
+_PROGRESS = {OS_NEW: 0, OS_PARTIALLY_FILLED: 1}  # every other status is final (2)
+
+
+def _later(a: int, b: int) -> int:
+    """The further on of two order statuses (NEW < PARTIALLY_FILLED < a final one); ``a`` on a tie."""
+    return b if _PROGRESS.get(b, 2) > _PROGRESS.get(a, 2) else a
+
+
 RECONCILE_RETRY_FIRST_S = 1.0  # a failed reconciliation is tried again after this, doubling per failure
 #: what the executor remembers to recognise a duplicate event or a trade already reported: the newest keys only,
 #: so a run of weeks does not grow with every order. Duplicates come within seconds and reconciliation asks for
@@ -760,13 +768,27 @@ class VenueExecutor:
         wire = ev["C"] if x == EX_CANCELED and ev.get("C") else ev["c"]
         cid = _cid_of(wire, self.instance)
         rec = self.orders.get(cid) if cid is not None else None
+        late = False
+        if rec is None and cid is not None and x == EX_TRADE:
+            # the stream may deliver an order's final fill before an earlier one: the order is finished (and
+            # no longer open) when that earlier fill comes, but it is still a fill of ours, never to be dropped
+            known = self.known.get((ev["s"], int(ev["i"])))
+            if known is not None and known["client_order_id"] == cid:
+                rec, late = known, True
         if rec is None:
             self.stats["foreign_events"] += 1
             return
         self._remember(ev["s"], int(ev["i"]), rec)
         st = STATUSES.get(ev["X"], OS_NEW)
+        cum_qty = to_fixed(ev["z"])
+        if late:
+            self.stats["late_fills"] += 1
+        else:
+            # an event older than one already applied must not move the order back (re-ordered stream)
+            st = _later(rec.get("state", OS_NEW), st)
+            cum_qty = max(cum_qty, rec.get("cum_qty", 0) or 0)
         base, quote = self.assets[ev["s"]]
-        fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=to_fixed(ev["z"]),
+        fields = dict(exec_type=x, status=st, order_id=int(ev["i"]), cum_qty=cum_qty,
                       cum_quote=to_fixed(ev["Z"]), exch_ms=int(ev.get("T") or ev.get("E") or 0))
         if x == EX_TRADE:
             self.seen.add(("trade", ev["s"], int(ev["t"])))
@@ -778,8 +800,9 @@ class VenueExecutor:
             self.stats["fills"] += 1
         elif x == EX_CANCELED:
             self.stats["canceled"] += 1
-        rec["state"] = st
-        rec["cum_qty"] = fields["cum_qty"]
+        if not late:
+            rec["state"] = st
+            rec["cum_qty"] = cum_qty
         self._report(rec, **fields)
         if st in FINAL:
             self.orders.pop(cid, None)

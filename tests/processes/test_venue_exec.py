@@ -26,7 +26,7 @@ import pytest
 
 from core.config import parse_config
 from core.records import (EX_CANCELED, EX_EXPIRED, EX_NEW, EX_REJECTED, EX_TRADE, ORD_NEW, OS_CANCELED, OS_EXPIRED,
-                          OS_FILLED, OS_NEW, OS_REJECTED, OT_LIMIT, OT_LIMIT_MAKER, OT_MARKET, SIDE_BUY, SIDE_SELL,
+                          OS_FILLED, OS_NEW, OS_PARTIALLY_FILLED, OS_REJECTED, OT_LIMIT, OT_LIMIT_MAKER, OT_MARKET, SIDE_BUY, SIDE_SELL,
                           TIF_GTC, TIF_IOC)
 from processes.simulator import Simulator
 from processes.venue_exec import VenueExecutor
@@ -338,3 +338,43 @@ def test_venue_order_ids_are_per_symbol_a_missed_fill_goes_to_the_order_of_its_o
     assert [(r["client_order_id"], r["exec_type"]) for r in list(ex.reports)[1:]] == [(12, EX_CANCELED),
                                                                                        (11, EX_CANCELED)]
     assert ex.stats["duplicate_events"] == 0
+
+
+def _trade_event(cid: int, tid: int, last: str, cum: str, status: str) -> dict:
+    return {"e": "executionReport", "x": "TRADE", "X": status, "s": "BTCUSDT", "i": 5, "c": f"reorder-{cid}",
+            "t": tid, "l": last, "L": "60000", "z": cum, "Z": "0", "n": "0", "N": "USDT", "m": False, "T": tid}
+
+
+def test_an_earlier_fill_that_arrives_after_its_orders_final_fill_is_still_reported():
+    """The user-data stream may re-order events (scripts/chaos.py user_data_faults, full length: 20 %
+    re-ordered). When an order's last fill (status FILLED) comes first, the order is finished and no longer
+    open; its earlier fills, arriving next, used to be counted as foreign events and dropped, and the journal's
+    position differed from the venue's. Each is a fill of ours and is reported once; a late NEW or an older
+    fill never moves a still-open order back."""
+    ex = VenueExecutor(system_config("ws://127.0.0.1:9/ws-api/v3", "reorder"))
+    ex.orders[21] = {"client_order_id": 21, "symbol": 0, "side": 1, "qty": 300_000, "state": OS_NEW, "cum_qty": 0}
+    for ev in (_trade_event(21, 103, "0.001", "0.003", "FILLED"),
+               _trade_event(21, 101, "0.001", "0.001", "PARTIALLY_FILLED"),
+               _trade_event(21, 102, "0.001", "0.002", "PARTIALLY_FILLED"),
+               _trade_event(21, 102, "0.001", "0.002", "PARTIALLY_FILLED")):  # and a duplicate of one
+        ex._on_event(ev)
+    fills = [r for r in ex.reports if r["exec_type"] == EX_TRADE]
+    assert [(r["client_order_id"], r["trade_id"], r["last_qty"]) for r in fills] == \
+        [(21, 103, 100_000), (21, 101, 100_000), (21, 102, 100_000)]
+    assert sum(r["last_qty"] for r in fills) == 300_000  # the order's whole quantity, once
+    assert (ex.stats["late_fills"], ex.stats["duplicate_events"], ex.stats["foreign_events"]) == (2, 1, 0)
+    assert 21 not in ex.orders
+
+    ex.reports.clear()
+    ex.orders[22] = {"client_order_id": 22, "symbol": 0, "side": 1, "qty": 300_000, "state": OS_NEW, "cum_qty": 0}
+    second = {**_trade_event(22, 202, "0.001", "0.002", "PARTIALLY_FILLED"), "i": 6}
+    first = {**_trade_event(22, 201, "0.001", "0.001", "PARTIALLY_FILLED"), "i": 6}
+    new = {**first, "x": "NEW", "X": "NEW", "z": "0", "t": -1}
+    for ev in (second, first, new):
+        ex._on_event(ev)
+    assert [(r["trade_id"], r["status"], r["cum_qty"]) for r in ex.reports] == \
+        [(202, OS_PARTIALLY_FILLED, 200_000), (201, OS_PARTIALLY_FILLED, 200_000), (-1, OS_PARTIALLY_FILLED, 200_000)]
+    assert ex.orders[22]["cum_qty"] == 200_000 and ex.orders[22]["state"] == OS_PARTIALLY_FILLED
+    # an event of an order the executor never had is still foreign
+    ex._on_event({**_trade_event(99, 999, "0.001", "0.001", "FILLED"), "i": 77})
+    assert ex.stats["foreign_events"] == 1 and len(ex.reports) == 3
