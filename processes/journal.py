@@ -157,6 +157,10 @@ log = logging.getLogger("ringtrader.journal")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another connection's write lock
+#: SQLite's page cache per connection (its default is 2000 KiB). The journal appends and looks up recent orders:
+#: its working set is the right-hand path of a few b-trees, a few dozen pages. Left at the default, the cache
+#: filled with every order for the first hours of a run, and the process's memory with it (scripts/soak.py).
+CACHE_KIB = 256
 CLIENT_ID_RE = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")  # Binance's newClientOrderId format
 _INSTANCE_RE = re.compile(r"^[A-Za-z0-9_-]{1,34}$")  # leaves room for "-" and one digit within 36
 ALL_SYMBOLS = 0xFFFF  # ORDER_REQUEST.symbol of an ORD_CANCEL_ALL over every symbol
@@ -352,6 +356,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode!r}; a network filesystem?)")
         con.execute(f"PRAGMA synchronous = {synchronous}")
+        con.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     except BaseException:
         con.close()
         raise

@@ -305,6 +305,38 @@ def test_what_the_executor_remembers_per_order_is_bounded_and_open_orders_are_ne
     assert set(ex.known[("BTCUSDT", 1_000)]) == set(venue_exec.KNOWN_FIELDS)  # a few fields, not the whole record
 
 
+def test_the_executors_per_order_memory_is_reserved_at_start_and_does_not_grow_with_orders():
+    """The dedupe keys and the order-id map start full of placeholders (scripts/soak.py saw the engine grow
+    about 1.7 kB an order for hours while they filled to their caps): after thousands of orders, past both caps,
+    the executor holds no more Python memory than when it was made."""
+    import tracemalloc
+
+    from processes.venue_exec import KNOWN_CAP, SEEN_CAP
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ex = VenueExecutor(system_config("ws://127.0.0.1:9/ws-api/v3", "reserved"))
+        made = tracemalloc.get_traced_memory()[0]
+        assert len(ex.seen) == SEEN_CAP and len(ex.known) > KNOWN_CAP  # full from the start
+        base = 300_000_000
+        for n in range(2 * SEEN_CAP // 4):  # an order: its ack and its fill events, its trade, its status
+            oid, cid = base + n, 1_000_000_000 + n
+            ex._remember("BTCUSDT", oid, {"client_order_id": cid, "symbol": 0, "side": 1, "qty": 1_000_000 + n,
+                                          "ref_px": 6_000_000_000_000 + n, "recv_ns": 10**15 + n, "pub_ns": 10**15 + n})
+            ex.seen.add(("exec", "BTCUSDT", 0, oid, "NEW", -1))
+            ex.seen.add(("exec", "BTCUSDT", 0, oid, "TRADE", base + 7 * n))
+            ex.seen.add(("trade", "BTCUSDT", base + 7 * n))
+            ex.seen.add(("status", "BTCUSDT", oid, OS_FILLED))
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (ex.known.get(("BTCUSDT", base + 2 * SEEN_CAP // 4 - 1)) or {}).get("qty")  # the newest is known
+    assert len(ex.seen) == SEEN_CAP and ("", "", -(1 << 40), -(1 << 40), "", -(1 << 40)) not in ex.seen
+    grew = after - made
+    assert grew < 0.05 * (made - before), (made - before, grew)  # reserved: the churn adds (next to) nothing
+
+
 def test_venue_order_ids_are_per_symbol_a_missed_fill_goes_to_the_order_of_its_own_symbol():
     """BTCUSDT's order 1 and ETHUSDT's order 1 are two orders (Binance numbers orders per symbol, and so does
     the simulator). A BTCUSDT fill the user-data stream missed, found in myTrades by reconciliation, must be
