@@ -145,9 +145,12 @@ class RecentSet:
 
     def __init__(self, cap: int, *, reserve: bool = False):
         self.cap = cap
-        self._q: collections.deque = collections.deque(
-            ("", "", _PLACEHOLDER - i, _PLACEHOLDER - i, "", _PLACEHOLDER - i) for i in range(cap if reserve else 0))
-        self._d: set = set(self._q)
+        self._q: collections.deque = collections.deque()
+        self._d: set = set()
+        # reserved: filled, then turned over twice, so the set's table has already made the one resize that
+        # steady turnover brings (a set grows to 4x its keys once deleted slots fill it: 0.5 -> 2 MB at 16k keys)
+        for i in range(3 * cap if reserve else 0):
+            self.add(("", "", _PLACEHOLDER - i, _PLACEHOLDER - i, "", _PLACEHOLDER - i))
 
     def add(self, key) -> None:
         if key in self._d:
@@ -201,9 +204,10 @@ class VenueExecutor:
         self._pending: collections.deque = collections.deque()
         # (symbol, venue order id) -> the order's key fields, for myTrades (_remember). Venue order ids are per
         # symbol (BTCUSDT's order 7 and ETHUSDT's order 7 are two orders), on Binance as in the simulator.
-        self.known: dict[tuple[str, int], dict] = {
-            ("", _PLACEHOLDER - i): {**{k: _PLACEHOLDER - i - j for j, k in enumerate(KNOWN_FIELDS)}, "client_order_id": 0}
-            for i in range(KNOWN_CAP + KNOWN_CAP // 8)}  # reserved: placeholders (no open order's), the first to go
+        self.known: dict[tuple[str, int], dict] = {}
+        for i in range(3 * KNOWN_CAP):  # reserved: placeholders (no open order's, the first to go), turned over
+            self._remember("", _PLACEHOLDER - i, {**{k: _PLACEHOLDER - i - j for j, k in enumerate(KNOWN_FIELDS)},
+                                                  "client_order_id": 0})
         self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
         self.position_check: dict = {}
         self._placing: dict[int, dict] = {}  # cid -> the order's dict while _place_once runs
