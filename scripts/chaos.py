@@ -1427,6 +1427,7 @@ def sc_user_data_faults(ctx: Ctx, p: dict) -> list[RunResult]:
         res = t.finish()
     ex = _counters(t.runs[0], "execution")
     res.faults_seen["duplicate_events_dropped"] = ex.get("venue_duplicate_events")
+    res.faults_seen["late_fills"] = ex.get("venue_late_fills", 0)  # a fill re-ordered after its order's final one
     res.evidence["events duplicated"] = res.faults_seen.get("events_duplicated", 0) > 0
     res.evidence["events re-ordered"] = res.faults_seen.get("events_reordered", 0) > 0
     res.evidence["execution dropped the duplicates"] = bool(ex.get("venue_duplicate_events"))
