@@ -47,6 +47,7 @@ import asyncio
 import collections
 import logging
 import random
+import sys
 import threading
 import time
 from typing import Any
@@ -127,10 +128,23 @@ SEEN_CAP = 1 << 14
 #: order's final one: the newest finished orders and every open one (an open order is never forgotten)
 KNOWN_CAP = 2048
 KNOWN_FIELDS = ("client_order_id", "symbol", "side", "qty", "ref_px", "recv_ns", "pub_ns")
-#: Both are reserved when the executor is made: they start full of placeholders (keys no venue event can have),
-#: which real keys push out oldest first. Their memory is then the same on a process's first day as on its
-#: last; grown on demand, it rose with every order for hours (about 1.7 kB an order, scripts/soak.py).
+#: Both are reserved when the executor is made (_reserve): they start full of placeholders (keys no venue event
+#: can have), which real keys push out oldest first. Their memory is then the same on a process's first day as
+#: on its last; grown on demand, it rose with every order for hours (about 1.7 kB an order, scripts/soak.py).
 _PLACEHOLDER = -(1 << 40)  # an id no venue gives (they are >= 0); beyond the small-int cache, as real ids are
+
+
+def _reserve(add, size_of, placeholder, n: int) -> None:
+    """Fill a bounded container with ``n`` placeholders (``add(placeholder(i))``), then turn them over until
+    its hash table makes the one resize that steady turnover brings (a set grows to 4x its keys once deleted
+    slots fill it: 0.5 -> 2 MB at 16k keys), at most ``2 n`` more: its memory is then taken at start."""
+    for i in range(n):
+        add(placeholder(i))
+    size = size_of()
+    for i in range(n, 3 * n):
+        add(placeholder(i))
+        if size_of() != size:
+            return
 
 
 class RecentSet:
@@ -147,10 +161,9 @@ class RecentSet:
         self.cap = cap
         self._q: collections.deque = collections.deque()
         self._d: set = set()
-        # reserved: filled, then turned over twice, so the set's table has already made the one resize that
-        # steady turnover brings (a set grows to 4x its keys once deleted slots fill it: 0.5 -> 2 MB at 16k keys)
-        for i in range(3 * cap if reserve else 0):
-            self.add(("", "", _PLACEHOLDER - i, _PLACEHOLDER - i, "", _PLACEHOLDER - i))
+        if reserve:
+            _reserve(self.add, lambda: sys.getsizeof(self._d),
+                     lambda i: ("", "", _PLACEHOLDER - i, _PLACEHOLDER - i, "", _PLACEHOLDER - i), cap)
 
     def add(self, key) -> None:
         if key in self._d:
@@ -205,9 +218,9 @@ class VenueExecutor:
         # (symbol, venue order id) -> the order's key fields, for myTrades (_remember). Venue order ids are per
         # symbol (BTCUSDT's order 7 and ETHUSDT's order 7 are two orders), on Binance as in the simulator.
         self.known: dict[tuple[str, int], dict] = {}
-        for i in range(3 * KNOWN_CAP):  # reserved: placeholders (no open order's, the first to go), turned over
-            self._remember("", _PLACEHOLDER - i, {**{k: _PLACEHOLDER - i - j for j, k in enumerate(KNOWN_FIELDS)},
-                                                  "client_order_id": 0})
+        _reserve(lambda a: self._remember("", *a), lambda: sys.getsizeof(self.known),  # no open order's: first to go
+                 lambda i: (_PLACEHOLDER - i, {**{k: _PLACEHOLDER - i - j for j, k in enumerate(KNOWN_FIELDS)},
+                                               "client_order_id": 0}), KNOWN_CAP + KNOWN_CAP // 8)
         self.journal_path = None  # set by load_journal: the epoch's balance baseline is written there
         self.position_check: dict = {}
         self._placing: dict[int, dict] = {}  # cid -> the order's dict while _place_once runs

@@ -26,8 +26,8 @@ import pytest
 
 from core.config import parse_config
 from core.records import (EX_CANCELED, EX_EXPIRED, EX_NEW, EX_REJECTED, EX_TRADE, ORD_NEW, OS_CANCELED, OS_EXPIRED,
-                          OS_FILLED, OS_NEW, OS_PARTIALLY_FILLED, OS_REJECTED, OT_LIMIT, OT_LIMIT_MAKER, OT_MARKET, SIDE_BUY, SIDE_SELL,
-                          TIF_GTC, TIF_IOC)
+                          OS_FILLED, OS_NEW, OS_PARTIALLY_FILLED, OS_REJECTED, OT_LIMIT, OT_LIMIT_MAKER, OT_MARKET,
+                          SIDE_BUY, SIDE_SELL, TIF_GTC, TIF_IOC)
 from processes.simulator import Simulator
 from processes.venue_exec import VenueExecutor
 
